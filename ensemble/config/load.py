@@ -1,0 +1,143 @@
+"""Load YAML recipes into validated config objects, with `--set key.sub=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import EnsError
+from .schema import DataCfg, MemberCfg
+
+T = TypeVar("T", bound=BaseModel)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing file or a non-mapping is a one-line EnsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise EnsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EnsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise EnsError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply `a.b=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise EnsError(f"{source} {item!r}: expected key.sub=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise EnsError(f"{source} {item!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def format_validation(path: str | Path, exc: ValidationError) -> str:
+    """One line naming the file, the key and what was expected."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'"
+    if err["type"] == "missing":
+        return f"{path}: missing required key '{key}'"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{path}: key '{key}': {err['msg']}{shown}{more}"
+
+
+def validate(model: type[T], raw: dict, path: str | Path) -> T:
+    """Validate a raw mapping into `model`, converting errors to one-line EnsError."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise EnsError(format_validation(path, exc)) from None
+
+
+def _resolve_weights(value: str | None, base: Path) -> str | None:
+    """A `pretrained` value that looks like a file is resolved relative to the recipe."""
+    if value is None or not (value.endswith(WEIGHT_SUFFIXES) or "/" in value):
+        return value
+    candidate = Path(value).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    if not candidate.is_file():
+        raise EnsError(f"backbone.pretrained: weights file not found: {candidate}")
+    return str(candidate.resolve())
+
+
+def deep_merge(base: dict, diff: dict) -> dict:
+    """`diff` over `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in diff.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(path: Path, depth: int = 0) -> dict:
+    """A recipe YAML with `base: other.yaml` resolved (relative paths in the base stay relative to it)."""
+    raw = read_yaml(path)
+    if "base" not in raw:
+        return raw
+    if depth > 8:
+        raise EnsError(f"{path}: key 'base': too many nested bases (a cycle?)")
+    base_path = (path.parent / str(raw.pop("base"))).resolve()
+    base = read_recipe(base_path, depth + 1)
+    if "data" in base and "data" not in raw:
+        data = Path(base["data"])
+        base["data"] = str(data if data.is_absolute() else base_path.parent / data)
+    base.pop("name", None)
+    return deep_merge(base, raw)
+
+
+def load_member_cfg(path: str | Path, overrides: list[str] | None = None) -> MemberCfg:
+    """Load a member (or student) recipe: validate, resolve paths, fill `name` from the file stem."""
+    path = Path(path)
+    raw = apply_overrides(read_recipe(path), overrides or [])
+    cfg = validate(MemberCfg, raw, path)
+    base = path.resolve().parent
+    data = cfg.data if cfg.data.is_absolute() else (base / cfg.data)
+    if not data.is_file():
+        raise EnsError(f"{path}: key 'data': data config not found: {data}")
+    cfg.data = data.resolve()
+    try:
+        cfg.backbone.pretrained = _resolve_weights(cfg.backbone.pretrained, base)
+    except EnsError as exc:
+        raise EnsError(f"{path}: {exc}") from None
+    if cfg.name is None:
+        cfg.name = path.stem
+    return cfg
+
+
+def load_data_cfg(path: str | Path) -> DataCfg:
+    """Load a data config; manifests are resolved relative to its folder and must exist."""
+    path = Path(path)
+    cfg = validate(DataCfg, read_yaml(path), path)
+    base = path.resolve().parent
+    for key in ("train", "query", "index", "distill"):
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        full = value if value.is_absolute() else base / value
+        if not full.is_file():
+            raise EnsError(f"{path}: key '{key}': manifest not found: {full}")
+        setattr(cfg, key, full.resolve())
+    return cfg
+
+
+def dump_cfg(cfg: BaseModel) -> str:
+    """The resolved config as YAML (paths as strings), for saving beside artifacts."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

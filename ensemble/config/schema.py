@@ -1,0 +1,174 @@
+"""Typed recipe schemas. The field defaults below are the one defaults file of the project:
+recipes are short diffs over them, and unknown keys are an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config block: unknown keys fail, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class BackboneCfg(Strict):
+    """Which image tower to build and how (open_clip or timm)."""
+
+    source: Literal["open_clip", "timm"] = "open_clip"
+    arch: str = "ViT-H-14"
+    pretrained: str | None = None  # open_clip tag, local file, or (timm) true/"file" path
+    image_size: PositiveInt | None = None  # None: the architecture's default
+    drop_proj: bool = False  # open_clip: use pre-projection features
+    init_from: str | None = None  # a member name in the workspace
+    grad_checkpointing: bool = False
+    freeze_bn: bool = False  # keep BatchNorm statistics frozen (needed for folded-BN weights)
+    model_kwargs: dict = Field(default_factory=dict)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check_stats(self):
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"{key} must have 3 values (RGB), got {len(value)}")
+        return self
+
+
+class NeckCfg(Strict):
+    """Dropout + Linear layers from the backbone feature to the embedding."""
+
+    dims: list[PositiveInt] = Field(default_factory=lambda: [64], min_length=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    batchnorm: bool = False
+
+
+class MarginScheduleCfg(Strict):
+    """Margin per epoch: min(start + step * epoch, max)."""
+
+    start: float = 0.1
+    step: float = 0.1
+    max: float = 0.8
+
+
+class AdaptiveMarginCfg(Strict):
+    """Per-class margin a * minmax(n_c ** -1/4) + b (4th place GUIE)."""
+
+    a: float = 0.45
+    b: float = 0.05
+
+
+class HeadCfg(Strict):
+    """Margin-softmax classification head used to train members."""
+
+    type: Literal["arcface", "cosface"] = "arcface"
+    scale: float = Field(30.0, gt=0)
+    margin_rad: float = Field(0.5, ge=0)
+    margin_schedule: MarginScheduleCfg | None = None
+    adaptive_margin: AdaptiveMarginCfg | None = None
+    subcenters: PositiveInt = 1
+
+
+class SamplerCfg(Strict):
+    """Class-balanced epoch: drop classes < min, cap at max, oversample to a floor."""
+
+    min_per_class: PositiveInt = 3
+    max_per_class: PositiveInt = 100
+    oversample_to: int = Field(20, ge=0)
+
+
+class AugmentCfg(Strict):
+    """Named training augmentations (albumentations); set an op to null to disable it."""
+
+    resize: Literal["resize", "random_resized_crop"] = "resize"
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    ops: dict[str, dict | None] = Field(
+        default_factory=lambda: {
+            "hflip": {"p": 0.5},
+            "color": {"p": 0.5, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02},
+            "shift_scale_rotate": {"p": 0.5, "shift": 0.1, "scale": 0.1, "rotate_deg": 10},
+            "coarse_dropout": {"p": 0.3, "holes": 4, "size_frac": 0.1},
+        }
+    )
+
+
+class OptimCfg(Strict):
+    """Optimizer and schedule; backbone lr = lr * backbone_lr_scale."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    backbone_lr_scale: float = Field(1e-3, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = 0.9
+    batch_size: PositiveInt = 32
+    accum_steps: PositiveInt = 1
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class StageCfg(Strict):
+    """One training stage: which parts learn, for how long, optional lr overrides."""
+
+    train: list[Literal["backbone", "neck", "head", "all"]] = Field(min_length=1)
+    epochs: PositiveInt
+    lr: float | None = Field(None, gt=0)
+    backbone_lr_scale: float | None = Field(None, ge=0)
+
+
+class LoaderCfg(Strict):
+    """Image decoding and loading."""
+
+    workers: int = Field(2, ge=0)
+    max_fail_ratio: float = Field(0.01, ge=0, le=1)
+    jpeg_draft: bool = True  # libjpeg DCT-domain downscale to >= the target size
+    nonfinite: Literal["stop", "skip"] = "stop"  # what a NaN/inf loss does
+
+
+class EvalCfg(Strict):
+    """How the member is evaluated after training (query vs index of the data config)."""
+
+    enabled: bool = True
+    features: Literal["neck", "backbone"] = "neck"
+    image_size: PositiveInt | None = None  # None: the backbone's image size
+    flip_tta: bool = True
+    batch_size: PositiveInt = 64
+
+
+class MemberCfg(Strict):
+    """A member recipe: backbone + neck + head trained in stages on a data config."""
+
+    name: str | None = None
+    seed: int = 0
+    data: Path
+    device: str = "auto"
+    backbone: BackboneCfg = Field(default_factory=BackboneCfg)
+    neck: NeckCfg = Field(default_factory=NeckCfg)
+    head: HeadCfg = Field(default_factory=HeadCfg)
+    sampler: SamplerCfg = Field(default_factory=SamplerCfg)
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    loader: LoaderCfg = Field(default_factory=LoaderCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    stages: list[StageCfg] = Field(
+        default_factory=lambda: [
+            StageCfg(train=["neck", "head"], epochs=6),
+            StageCfg(train=["backbone"], epochs=3),
+        ],
+        min_length=1,
+    )
+
+
+class DataCfg(Strict):
+    """A data config: manifests relative to the YAML's folder."""
+
+    train: Path | None = None
+    query: Path | None = None
+    index: Path | None = None
+    distill: Path | None = None

@@ -1,0 +1,1 @@
+"""Manifests, decoding, augmentation, datasets and samplers."""

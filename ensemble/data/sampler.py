@@ -1,0 +1,53 @@
+"""Class-balanced sampling (GUIE 2nd place): drop rare classes, cap frequent ones, oversample to a floor."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from ..config.schema import SamplerCfg
+
+
+def kept_classes(labels: list[str] | tuple[str, ...], cfg: SamplerCfg) -> list[str]:
+    """Labels with at least `min_per_class` images, sorted."""
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    return sorted(label for label, n in counts.items() if n >= cfg.min_per_class)
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Yields a new balanced, shuffled list of dataset indices each epoch (seeded by seed + epoch).
+
+    targets: class index per row, or -1 for rows whose class was dropped.
+    """
+
+    def __init__(self, targets: list[int], cfg: SamplerCfg, seed: int = 0):
+        self.cfg, self.seed, self.epoch = cfg, seed, 0
+        by_class: dict[int, list[int]] = defaultdict(list)
+        for row, target in enumerate(targets):
+            if target >= 0:
+                by_class[target].append(row)
+        self.by_class = {c: np.asarray(rows) for c, rows in sorted(by_class.items())}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _per_class(self, n: int) -> int:
+        return max(min(n, self.cfg.max_per_class), self.cfg.oversample_to)
+
+    def __len__(self) -> int:
+        return sum(self._per_class(len(rows)) for rows in self.by_class.values())
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = []
+        for rows in self.by_class.values():
+            want = self._per_class(len(rows))
+            picked = rng.permutation(rows)[: min(want, len(rows))]
+            extra = rng.choice(rows, size=want - len(picked), replace=True) if want > len(picked) else []
+            chosen.append(np.concatenate([picked, extra]).astype(np.int64))
+        order = rng.permutation(np.concatenate(chosen))
+        return iter(order.tolist())

@@ -1,0 +1,1 @@
+"""Losses and heads, one concept per module."""

@@ -1,0 +1,254 @@
+"""`ens train-member`: build a member from its recipe, train it in stages, save and evaluate it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config.load import dump_cfg, load_data_cfg
+from .config.schema import MemberCfg
+from .data.augment import build_train_transform
+from .data.dataset import FailureLog, ImageDataset, collate_skip
+from .data.manifest import read_manifest
+from .data.sampler import ClassBalancedSampler, kept_classes
+from .device import pick_device
+from .errors import EnsError
+from .evaluate.metrics import evaluate_embeddings
+from .embed.extract import extract
+from .losses.margin import build_head
+from .models.member import EmbeddingModel, build_member_model
+from .tasks.classify import ClassifyTask
+from .train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .train.loop import RunSpec, Trainer, check_same_recipe
+
+log = logging.getLogger("ensemble")
+MODEL_FILE = "best.pt"
+
+
+def member_dir(workdir: str | Path, name: str) -> Path:
+    return Path(workdir) / "members" / name
+
+
+def recipe_key(cfg: MemberCfg, manifest_sha1: str) -> dict:
+    """The parts of a recipe that define the trained weights (not loader/eval settings)."""
+    key = cfg.model_dump(mode="json", exclude={"loader", "eval", "device", "name"})
+    key["train_manifest_sha1"] = manifest_sha1
+    return key
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def plan(cfg: MemberCfg) -> dict:
+    """Parameter counts per stage and lr per group, from shapes only (no weights are loaded)."""
+    model = build_member_model(cfg, load_weights=False, device="meta")
+    with torch.device("meta"):
+        head = build_head(cfg.head, model.out_dim, [1, 1])  # class count does not change the plan much
+    task = ClassifyTask(model, head, cfg.head)
+    from .train.optim import param_groups
+
+    stages = []
+    for stage in cfg.stages:
+        task.set_trainable(stage.train)
+        groups = param_groups(task.parts(), task.trainable, cfg.optim, stage)
+        lrs: dict[str, float] = {}
+        for g in groups:
+            lrs[g["tag"]] = g["lr"]
+        stages.append({"train": sorted(task.trainable), "epochs": stage.epochs,
+                       "trainable_params": sum(p.numel() for g in groups for p in g["params"]), "lr": lrs})
+    parts = {name: sum(p.numel() for p in m.parameters()) for name, m in task.parts().items()}
+    return {"name": cfg.name, "backbone": f"{cfg.backbone.source}:{cfg.backbone.arch}",
+            "image_size": model.backbone.image_size, "feature_dim": model.backbone.out_dim,
+            "embedding_dim": model.out_dim, "params": parts, "stages": stages}
+
+
+def _collapse_layers(lrs: dict[str, float]) -> dict[str, str]:
+    """'backbone.0'..'backbone.25' -> one 'backbone.0-25' entry showing the lr range."""
+    layered = {k: v for k, v in lrs.items() if k.startswith("backbone.")}
+    out = {k: f"{v:.2e}" for k, v in lrs.items() if k not in layered}
+    if layered:
+        ids = sorted(int(k.split(".")[1]) for k in layered)
+        out[f"backbone.{ids[0]}-{ids[-1]} (layer decay)"] = f"{min(layered.values()):.2e}..{max(layered.values()):.2e}"
+    return dict(sorted(out.items()))
+
+
+def format_plan(p: dict) -> str:
+    lines = [f"member {p['name']}: {p['backbone']} @ {p['image_size']} px, feature {p['feature_dim']}-d "
+             f"-> embedding {p['embedding_dim']}-d",
+             "params: " + ", ".join(f"{k} {v:,}" for k, v in p["params"].items())]
+    for i, s in enumerate(p["stages"]):
+        lrs = ", ".join(f"{k} {v}" for k, v in _collapse_layers(s["lr"]).items())
+        lines.append(f"stage {i + 1}: train {'+'.join(s['train'])} for {s['epochs']} epochs, "
+                     f"{s['trainable_params']:,} trainable; lr {lrs}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, data: TrainData, key: dict, failed: dict) -> None:
+    """A self-describing model file: config to rebuild it, preprocessing, output dim, labels."""
+    save_checkpoint(path, {"ens_kind": "member_model", "config": cfg.model_dump(mode="json"), "recipe_key": key,
+                           "model": model.state_dict(), "labels": data.classes, "train_manifest_sha1": data.sha1,
+                           "failed_images": failed,
+                           "describe": {**model.backbone.describe(), "arch": cfg.backbone.arch,
+                                        "embedding_dim": model.out_dim}})
+
+
+def load_member_model(path: str | Path) -> tuple[EmbeddingModel, dict]:
+    """Rebuild a member from its model file alone (architecture from the stored config, no download)."""
+    payload = load_checkpoint(path, kind="member_model")
+    cfg = MemberCfg.model_validate(payload["config"])
+    cfg.backbone.pretrained = None
+    model = build_member_model(cfg, load_weights=False)
+    model.load_state_dict(payload["model"])
+    return model.eval(), payload
+
+
+def init_from_member(model: EmbeddingModel, workdir: Path, name: str) -> None:
+    """Start from another member's weights, resampling the positional embedding if sizes differ."""
+    path = member_dir(workdir, name) / MODEL_FILE
+    if not path.is_file():
+        raise EnsError(f"backbone.init_from: member {name!r} has no trained model at {path}")
+    state = load_checkpoint(path, kind="member_model")["model"]
+    model.backbone.resample_pos_embed(state, prefix="backbone.tower.")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise EnsError(f"backbone.init_from: {name!r} does not fit this architecture "
+                       f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class TrainData:
+    """The train manifest reduced to the kept classes."""
+
+    paths: list[str]
+    targets: list[int]
+    classes: list[str]
+    counts: list[int]
+    sha1: str
+
+
+def train_data(cfg: MemberCfg) -> TrainData:
+    data = load_data_cfg(cfg.data)
+    if data.train is None:
+        raise EnsError(f"{cfg.data}: key 'train': a member needs a train manifest")
+    manifest = read_manifest(data.train)
+    classes = kept_classes(manifest.labels, cfg.sampler)
+    if not classes:
+        raise EnsError(f"{data.train}: no label has >= {cfg.sampler.min_per_class} images (sampler.min_per_class)")
+    index = {c: i for i, c in enumerate(classes)}
+    targets = [index.get(label, -1) for label in manifest.labels]
+    counts = [targets.count(i) for i in range(len(classes))]
+    return TrainData(list(manifest.paths), targets, classes, counts, manifest.sha1)
+
+
+def _loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler: ClassBalancedSampler):
+    def seed_worker(worker_id: int) -> None:
+        dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+    def make_loader(global_epoch: int) -> DataLoader:
+        sampler.set_epoch(global_epoch)
+        if cfg.loader.workers == 0:
+            dataset.transform.set_random_seed(cfg.seed * 1000 + global_epoch)
+        return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=cfg.loader.workers,
+                          collate_fn=collate_skip, worker_init_fn=seed_worker, drop_last=len(sampler) > cfg.optim.batch_size,
+                          generator=torch.Generator().manual_seed(cfg.seed * 1000 + global_epoch))
+
+    return make_loader
+
+
+def build_member_task(cfg: MemberCfg, data: TrainData, workdir: Path) -> ClassifyTask:
+    model = build_member_model(cfg)
+    if cfg.backbone.init_from:
+        init_from_member(model, workdir, cfg.backbone.init_from)
+    head = build_head(cfg.head, model.out_dim, data.counts)
+    return ClassifyTask(model, head, cfg.head)
+
+
+def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
+    """Train (or resume, or reuse) the member of `cfg` in `workdir`; returns its summary with eval."""
+    workdir, run_dir = Path(workdir), member_dir(workdir, cfg.name)
+    data = train_data(cfg)
+    key = recipe_key(cfg, data.sha1)
+    model_path = run_dir / MODEL_FILE
+    if model_path.exists():
+        check_same_recipe(model_path, load_checkpoint(model_path, kind="member_model")["recipe_key"], key)
+        log.info("member %s is already trained; reusing %s", cfg.name, model_path)
+        return evaluate_member(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
+    torch.manual_seed(cfg.seed)  # neck/head initialisation is part of the seeded run
+    task = build_member_task(cfg, data, workdir)
+    size = task.model.backbone.image_size
+    transform = build_train_transform(cfg.augment, size, task.model.backbone.mean, task.model.backbone.std)
+    dataset = ImageDataset(data.paths, data.targets, transform, draft_px=size if cfg.loader.jpeg_draft else None)
+    sampler = ClassBalancedSampler(data.targets, cfg.sampler, cfg.seed)
+    fails = FailureLog(data.paths, cfg.loader.max_fail_ratio)
+    spec = RunSpec(run_dir=run_dir, kind="member", config=cfg.model_dump(mode="json"), recipe_key=key,
+                   stages=cfg.stages, optim=cfg.optim, seed=cfg.seed, device=pick_device(cfg.device),
+                   make_loader=_loader_factory(cfg, dataset, sampler), on_batch=fails.update,
+                   nonfinite=cfg.loader.nonfinite, extra={"labels": data.classes})
+    Trainer(task, spec).fit()
+    fails.check(final=True)
+    task.model.cpu()
+    save_model(model_path, task.model, cfg, data, key, fails.failed)
+    return evaluate_member(cfg, run_dir)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _both_features(model: EmbeddingModel):
+    def fn(x):
+        feats = model.backbone(x)
+        neck = torch.nn.functional.normalize(model.neck(feats).float(), dim=-1)
+        return torch.cat([neck, torch.nn.functional.normalize(feats.float(), dim=-1)], dim=1)
+
+    return fn
+
+
+def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
+    """mP@5 / recall@1 / per-domain of the neck and the backbone features on the query vs index split.
+
+    One pass per image computes both features (each flip-averaged and L2-normalised on its own).
+    """
+    data = load_data_cfg(cfg.data)
+    if data.query is None or data.index is None:
+        raise EnsError(f"{cfg.data}: keys 'query' and 'index' are needed to evaluate")
+    query, index = read_manifest(data.query), read_manifest(data.index)
+    device = pick_device(cfg.device)
+    model = model.to(device).eval()
+    size = cfg.eval.image_size or model.backbone.image_size
+    embs = [extract(_both_features(model), m.paths, size, model.backbone.mean, model.backbone.std, device,
+                    cfg.eval.batch_size, cfg.loader.workers, cfg.eval.flip_tta, cfg.loader.max_fail_ratio,
+                    f"embed {name}", blocks=[model.out_dim, model.backbone.out_dim])
+            for name, m in (("query", query), ("index", index))]
+    dim = model.out_dim
+    return {feat: evaluate_embeddings(q, query.labels, i, index.labels, 5, query.domains)
+            for feat, (q, i) in (("neck", (embs[0][:, :dim], embs[1][:, :dim])),
+                                 ("backbone", (embs[0][:, dim:], embs[1][:, dim:])))}
+
+
+def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
+    """Evaluate the trained member (cached in eval.json) and the same backbone untrained."""
+    result_path = run_dir / "eval.json"
+    if not cfg.eval.enabled:
+        return {"name": cfg.name}
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    model, _ = load_member_model(run_dir / MODEL_FILE)
+    result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or model.backbone.image_size,
+              "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(model, cfg)}
+    baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
+    result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
+    atomic_write_text(result_path, json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,1 @@
+"""Tasks: model + loss, as the training loop sees them."""

@@ -1,0 +1,35 @@
+"""Member training task: embedding model + margin-softmax head + cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config.schema import HeadCfg
+from ..losses.margin import MarginHead, margin_at_epoch
+from ..models.member import EmbeddingModel
+from .base import Task
+
+
+class ClassifyTask(Task):
+    """Cross-entropy over margin logits of the neck embedding."""
+
+    def __init__(self, model: EmbeddingModel, head: MarginHead, head_cfg: HeadCfg):
+        super().__init__()
+        self.model, self.head, self.head_cfg = model, head, head_cfg
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"backbone": self.model.backbone, "neck": self.model.neck, "head": self.head}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.head.margin_rad = margin_at_epoch(self.head_cfg, epoch)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        if "backbone" in self.trainable:
+            feats = self.model.backbone(batch["images"])
+        else:
+            with torch.no_grad():
+                feats = self.model.backbone(batch["images"])
+        logits = self.head(self.model.neck(feats), batch["targets"])
+        return F.cross_entropy(logits, batch["targets"])

@@ -1,0 +1,1 @@
+"""Optimizers, checkpoints and the stage-based training loop."""

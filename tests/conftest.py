@@ -1,0 +1,88 @@
+"""Shared fixtures: the real data in ../shared, a tiny open_clip ViT, small coil20 data configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+COIL20 = SHARED / "data" / "coil20"
+MOBILENET_V1 = SHARED / "weights" / "mobilenetv1_100.coral_in1k.safetensors"
+TINY_VIT = "ens-test-tiny-vit"
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (CI has ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_open_clip(tmp_path_factory):
+    """Register a 2-block ViT as an open_clip model config (name TINY_VIT)."""
+    import open_clip
+
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1}}
+    path = tmp_path_factory.mktemp("oc") / f"{TINY_VIT}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return TINY_VIT
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "domain"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def coil_rows(split: str, per_class: int, classes: int) -> list[dict]:
+    rows, seen = [], {}
+    for row in csv.DictReader(open(COIL20 / f"{split}.csv")):
+        if seen.get(row["label"], 0) >= per_class or (row["label"] not in seen and len(seen) >= classes):
+            continue
+        seen[row["label"]] = seen.get(row["label"], 0) + 1
+        rows.append({**row, "path": str(COIL20 / row["path"])})
+    return rows
+
+
+@pytest.fixture()
+def coil_data(tmp_path) -> Path:
+    """A small coil20 data config: 4 train classes x 6 images, 4 query classes, 4 x 5 index."""
+    need_shared(COIL20)
+    write_manifest(tmp_path / "train.csv", coil_rows("train", 6, 4))
+    write_manifest(tmp_path / "query.csv", coil_rows("query", 1, 4))
+    write_manifest(tmp_path / "index.csv", coil_rows("index", 5, 4))
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text("train: train.csv\nquery: query.csv\nindex: index.csv\n")
+    return cfg
+
+
+def tiny_recipe(tmp_path: Path, data: Path, extra: str = "", name: str = "tiny") -> Path:
+    """A member recipe on the tiny open_clip ViT, 2 short stages, CPU, no workers."""
+    text = f"""
+seed: 0
+data: {data}
+device: cpu
+backbone: {{source: open_clip, arch: {TINY_VIT}, pretrained: null, image_size: 32}}
+neck: {{dims: [8], dropout: 0.0}}
+head: {{type: arcface, scale: 16.0, margin_rad: 0.2}}
+sampler: {{min_per_class: 2, max_per_class: 8, oversample_to: 4}}
+optim: {{lr: 1.0e-2, backbone_lr_scale: 0.1, batch_size: 8, warmup_epochs: 0, precision: fp32}}
+loader: {{workers: 0}}
+eval: {{batch_size: 16}}
+stages:
+  - {{train: [neck, head], epochs: 1}}
+  - {{train: [all], epochs: 2}}
+{extra}
+"""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,20 @@
+import pytest
+
+from ensemble.data.manifest import read_manifest
+from ensemble.errors import EnsError
+
+
+def test_paths_are_relative_to_the_csv_and_domain_defaults(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.csv").write_text("path,label\nimg/a.jpg,x\n/abs/b.jpg,y\n")
+    m = read_manifest(tmp_path / "sub" / "m.csv")
+    assert m.paths == (str(tmp_path / "sub" / "img" / "a.jpg"), "/abs/b.jpg")
+    assert m.labels == ("x", "y") and m.domains == ("all", "all") and len(m.sha1) == 40
+
+
+def test_missing_columns_is_one_line_error(tmp_path):
+    (tmp_path / "m.csv").write_text("file,label\na.jpg,x\n")
+    with pytest.raises(EnsError, match=r"m.csv: manifest needs columns \['label', 'path'\]; missing \['path'\]"):
+        read_manifest(tmp_path / "m.csv")
+    with pytest.raises(EnsError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from ensemble.errors import EnsError
+from ensemble.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+
+
+def test_save_is_atomic_and_kind_checked(tmp_path):
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(path, {"ens_kind": "member", "x": torch.ones(2)})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+    assert torch.equal(load_checkpoint(path, kind="member")["x"], torch.ones(2))
+    with pytest.raises(EnsError, match="is a member checkpoint, expected student"):
+        load_checkpoint(path, kind="student")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"ens_kind": "member", "v": 1})
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"ens_kind": "member", "v": 2})
+    assert load_checkpoint(path)["v"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_damaged_or_foreign_files_are_refused(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(EnsError, match="unreadable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(EnsError, match="not an ens checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    atomic_write_text(tmp_path / "t.txt", "hi")
+    assert (tmp_path / "t.txt").read_text() == "hi"

@@ -71,7 +71,78 @@ def format_member_result(result: dict) -> str:
     for name, r in rows:
         per = " | ".join(f"{r['per_domain'][d]:.3f}" for d in domains)
         lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
+    lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
     return "\n".join(lines)
+
+
+MODEL_ARG = click.argument("model", required=False)
+FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), default=None,
+                        help="Member feature to use (default: the member's eval.features).")
+
+
+@main.command("embed")
+@MODEL_ARG
+@click.option("--manifest", required=True, type=click.Path(), help="CSV with a path column.")
+@click.option("--out", required=True, type=click.Path(), help="Output .npy (float32, one row per manifest row).")
+@click.option("--tta/--no-tta", default=True, show_default=True, help="Horizontal-flip averaging.")
+@FEATURES
+@click.option("--workers", default=2, show_default=True)
+@WORKDIR
+def embed_cmd(model, manifest, out, tta, features, workers, workdir):
+    """Embed a manifest with MODEL (member name, `ensemble[:name]`; default: newest ensemble)."""
+    from .evaluate.run import embed_to_file
+
+    meta = embed_to_file(model, workdir, manifest, out, tta, features, workers)
+    click.echo(f"wrote {out}: {meta['rows']} x {meta['dim']} ({meta['model']}, tta {meta['tta']})")
+
+
+@main.command("fuse")
+@click.option("--pca", type=int, default=None, help="Reduce to this many dims (default: the config's, 64).")
+@click.option("--no-pca", is_flag=True, help="Plain concatenation, no reducer.")
+@click.option("--members", default=None, help="Comma-separated member names (default: all trained members).")
+@click.option("--config", "config_path", type=click.Path(), default=None, help="Ensemble config YAML.")
+@click.option("--name", default=None, help="Ensemble name (default: the config's name, else 'default').")
+@click.option("--fit-on", default=None, help="train | query | index | a manifest CSV.")
+@FEATURES
+@click.option("--whiten/--no-whiten", default=None, help="Whiten the PCA output.")
+@click.option("--merge", type=click.Choice(["mean", "concat"]), default=None,
+              help="Average members of one architecture (mean) or keep all (concat).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override an ensemble config key.")
+@WORKDIR
+def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, merge, overrides, workdir):
+    """Fuse trained members into one embedding: merge per architecture, concatenate, PCA."""
+    from .fuse.ensemble import fuse
+    from .fuse.config import ensemble_cfg
+
+    cfg = ensemble_cfg(workdir, config_path, list(overrides), members=members, pca=pca, no_pca=no_pca,
+                       name=name, fit_on=fit_on, features=features, whiten=whiten, merge=merge)
+    ens = fuse(cfg, workdir)
+    d = ens.description
+    reducer = d["reducer"]
+    facts = (f"PCA {d['concat_dim']} -> {reducer['dims']} (explained variance {reducer['explained_variance_ratio']:.3f})"
+             if reducer else f"concatenation, {d['concat_dim']}-d")
+    click.echo(f"ensemble {ens.name}: {len(d['members'])} members in {len(d['groups'])} groups, {d['features']} "
+               f"features, {facts}, fitted on {d['fit_on']['rows']} images")
+
+
+@main.command("eval")
+@MODEL_ARG
+@click.option("--data", type=click.Path(), default=None, help="Data config with query/index.")
+@click.option("--query", type=click.Path(), default=None)
+@click.option("--index", type=click.Path(), default=None)
+@click.option("--k", default=5, show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="JSON report path (default runs/reports/MODEL.json).")
+@FEATURES
+@click.option("--workers", default=2, show_default=True)
+@WORKDIR
+def eval_cmd(model, data, query, index, k, out, features, workers, workdir):
+    """mP@5 (GUIE), recall@1, mAP@100, per domain, for MODEL; writes JSON, Markdown and PNG."""
+    from .evaluate.report import markdown_table
+    from .evaluate.run import evaluate
+
+    report = evaluate(model, workdir, data, query, index, k, out, features, workers)
+    click.echo(markdown_table([report], k).rstrip())
+    click.echo("wrote " + ", ".join(report["files"]))
 
 
 @main.command("show")

@@ -31,3 +31,12 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         log.warning("this GPU has no bf16; running fp16")
         return torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def limit_worker_threads(worker_id: int) -> None:
+    """DataLoader workers decode and resize; one torch thread each avoids oversubscribing the cores."""
+    torch.set_num_threads(1)

@@ -16,10 +16,11 @@ from .data.augment import build_train_transform
 from .data.dataset import FailureLog, ImageDataset, collate_skip
 from .data.manifest import read_manifest
 from .data.sampler import ClassBalancedSampler, kept_classes
-from .device import pick_device
+from .device import limit_worker_threads, pick_device
 from .errors import EnsError
 from .evaluate.metrics import evaluate_embeddings
-from .embed.extract import extract
+from .embed.extract import TTA, extract_many
+from .embed.models import model_embedder
 from .losses.margin import build_head
 from .models.member import EmbeddingModel, build_member_model
 from .tasks.classify import ClassifyTask
@@ -36,7 +37,8 @@ def member_dir(workdir: str | Path, name: str) -> Path:
 
 def recipe_key(cfg: MemberCfg, manifest_sha1: str) -> dict:
     """The parts of a recipe that define the trained weights (not loader/eval settings)."""
-    key = cfg.model_dump(mode="json", exclude={"loader", "eval", "device", "name"})
+    key = cfg.model_dump(mode="json", exclude={"loader": True, "eval": True, "device": True, "name": True,
+                                                "backbone": {"channels_last"}})
     key["train_manifest_sha1"] = manifest_sha1
     return key
 
@@ -153,6 +155,7 @@ def train_data(cfg: MemberCfg) -> TrainData:
 
 def _loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler: ClassBalancedSampler):
     def seed_worker(worker_id: int) -> None:
+        limit_worker_threads(worker_id)
         dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
     def make_loader(global_epoch: int) -> DataLoader:
@@ -196,24 +199,18 @@ def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
     spec = RunSpec(run_dir=run_dir, kind="member", config=cfg.model_dump(mode="json"), recipe_key=key,
                    stages=cfg.stages, optim=cfg.optim, seed=cfg.seed, device=pick_device(cfg.device),
                    make_loader=_loader_factory(cfg, dataset, sampler), on_batch=fails.update,
-                   nonfinite=cfg.loader.nonfinite, extra={"labels": data.classes})
+                   nonfinite=cfg.loader.nonfinite, channels_last=cfg.backbone.channels_last,
+                   extra={"labels": data.classes})
     Trainer(task, spec).fit()
     fails.check(final=True)
     task.model.cpu()
     save_model(model_path, task.model, cfg, data, key, fails.failed)
+    if fails.failed:
+        atomic_write_text(run_dir / "failed_images.json", json.dumps(fails.failed, indent=2))
     return evaluate_member(cfg, run_dir)
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def _both_features(model: EmbeddingModel):
-    def fn(x):
-        feats = model.backbone(x)
-        neck = torch.nn.functional.normalize(model.neck(feats).float(), dim=-1)
-        return torch.cat([neck, torch.nn.functional.normalize(feats.float(), dim=-1)], dim=1)
-
-    return fn
 
 
 def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
@@ -226,16 +223,15 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
         raise EnsError(f"{cfg.data}: keys 'query' and 'index' are needed to evaluate")
     query, index = read_manifest(data.query), read_manifest(data.index)
     device = pick_device(cfg.device)
-    model = model.to(device).eval()
-    size = cfg.eval.image_size or model.backbone.image_size
-    embs = [extract(_both_features(model), m.paths, size, model.backbone.mean, model.backbone.std, device,
-                    cfg.eval.batch_size, cfg.loader.workers, cfg.eval.flip_tta, cfg.loader.max_fail_ratio,
-                    f"embed {name}", blocks=[model.out_dim, model.backbone.out_dim])
-            for name, m in (("query", query), ("index", index))]
+    emb = model_embedder(model, cfg.name, "eval", cfg.backbone.arch, "both", device, cfg.eval.image_size,
+                         cfg.backbone.channels_last)
+    blocks = {emb.name: [model.out_dim, model.backbone.out_dim]}
+    q, i = (extract_many([emb], m.paths, device, TTA(flip=cfg.eval.flip_tta), cfg.eval.batch_size,
+                         cfg.loader.workers, cfg.loader.max_fail_ratio, f"embed {name}", blocks)[0]
+            for name, m in (("query", query), ("index", index)))
     dim = model.out_dim
-    return {feat: evaluate_embeddings(q, query.labels, i, index.labels, 5, query.domains)
-            for feat, (q, i) in (("neck", (embs[0][:, :dim], embs[1][:, :dim])),
-                                 ("backbone", (embs[0][:, dim:], embs[1][:, dim:])))}
+    return {feat: evaluate_embeddings(qf, query.labels, xf, index.labels, 5, query.domains)
+            for feat, (qf, xf) in (("neck", (q[:, :dim], i[:, :dim])), ("backbone", (q[:, dim:], i[:, dim:])))}
 
 
 def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
@@ -245,8 +241,9 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
         return {"name": cfg.name}
     if result_path.exists():
         return json.loads(result_path.read_text())
-    model, _ = load_member_model(run_dir / MODEL_FILE)
+    model, payload = load_member_model(run_dir / MODEL_FILE)
     result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or model.backbone.image_size,
+              "train_images_unreadable": len(payload.get("failed_images", {})),
               "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(model, cfg)}
     baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
     result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]

@@ -53,16 +53,36 @@ def coil_rows(split: str, per_class: int, classes: int) -> list[dict]:
     return rows
 
 
+def make_coil_data(folder: Path) -> Path:
+    need_shared(COIL20)
+    write_manifest(folder / "train.csv", coil_rows("train", 6, 4))
+    write_manifest(folder / "query.csv", coil_rows("query", 1, 4))
+    write_manifest(folder / "index.csv", coil_rows("index", 5, 4))
+    cfg = folder / "data.yaml"
+    cfg.write_text("train: train.csv\nquery: query.csv\nindex: index.csv\n")
+    return cfg
+
+
 @pytest.fixture()
 def coil_data(tmp_path) -> Path:
     """A small coil20 data config: 4 train classes x 6 images, 4 query classes, 4 x 5 index."""
-    need_shared(COIL20)
-    write_manifest(tmp_path / "train.csv", coil_rows("train", 6, 4))
-    write_manifest(tmp_path / "query.csv", coil_rows("query", 1, 4))
-    write_manifest(tmp_path / "index.csv", coil_rows("index", 5, 4))
-    cfg = tmp_path / "data.yaml"
-    cfg.write_text("train: train.csv\nquery: query.csv\nindex: index.csv\n")
-    return cfg
+    return make_coil_data(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory) -> Path:
+    """A workspace with three tiny trained members: vit_a, vit_b (same arch, other seed), tvit (timm)."""
+    from ensemble.config.load import load_member_cfg
+    from ensemble.member import train_member
+
+    folder = tmp_path_factory.mktemp("ws")
+    data = make_coil_data(folder)
+    one_epoch = ["stages=[{train: [all], epochs: 1}]", "eval.enabled=false"]
+    train_member(load_member_cfg(tiny_recipe(folder, data, name="vit_a"), one_epoch), folder / "runs")
+    train_member(load_member_cfg(tiny_recipe(folder, data, name="vit_b"), [*one_epoch, "seed=1"]), folder / "runs")
+    timm_vit = ["backbone.source=timm", "backbone.arch=test_vit", "backbone.image_size=32"]
+    train_member(load_member_cfg(tiny_recipe(folder, data, name="tvit"), [*one_epoch, *timm_vit]), folder / "runs")
+    return folder / "runs"
 
 
 def tiny_recipe(tmp_path: Path, data: Path, extra: str = "", name: str = "tiny") -> Path:

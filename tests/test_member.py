@@ -83,3 +83,48 @@ def test_init_from_resamples_position_embedding(tmp_path, coil_data):
     missing = load_member_cfg(tiny_recipe(tmp_path, coil_data, name="x"), ["backbone.init_from=nobody"])
     with pytest.raises(EnsError, match="backbone.init_from: member 'nobody' has no trained model"):
         build_member_task(missing, train_data(missing), tmp_path / "runs")
+
+
+def _add_broken_image(data_cfg):
+    broken = data_cfg.parent / "broken.jpg"
+    broken.write_bytes(b"")
+    train = data_cfg.parent / "train.csv"
+    label = train.read_text().splitlines()[1].split(",")[1]
+    train.write_text(train.read_text() + f"{broken},{label},object\n")
+    return broken
+
+
+def test_unreadable_training_image_is_skipped_and_counted(tmp_path, coil_data, caplog):
+    broken = _add_broken_image(coil_data)
+    recipe = tiny_recipe(tmp_path, coil_data, "loader: {workers: 0, max_fail_ratio: 0.1}")
+    result = train_member(load_member_cfg(recipe, ["stages=[{train: [all], epochs: 1}]"]), tmp_path / "runs")
+    assert f"skipped unreadable image {broken}" in caplog.text
+    assert result["train_images_unreadable"] == 1
+    assert list(json.loads((tmp_path / "runs/members/tiny/failed_images.json").read_text())) == [str(broken)]
+
+
+def test_too_many_unreadable_images_stop_the_run(tmp_path, coil_data):
+    _add_broken_image(coil_data)
+    recipe = tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}")
+    with pytest.raises(EnsError, match=r"1 of \d+ images unreadable .* > max_fail_ratio 1.0%\); first: .*broken.jpg"):
+        train_member(load_member_cfg(recipe, ["stages=[{train: [all], epochs: 1}]"]), tmp_path / "runs")
+    assert not (tmp_path / "runs/members/tiny/best.pt").exists()
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_skips(tmp_path, coil_data, monkeypatch):
+    from ensemble.tasks.classify import ClassifyTask
+
+    real_loss = ClassifyTask.loss
+
+    def nan_in_stage_2(self, batch):
+        loss = real_loss(self, batch)
+        return loss * float("nan") if "backbone" in self.trainable else loss
+
+    monkeypatch.setattr(ClassifyTask, "loss", nan_in_stage_2)
+    recipe = tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}")
+    with pytest.raises(EnsError, match=r"non-finite loss \(nan\) at stage 2 epoch 1 step 1; stopped"):
+        train_member(load_member_cfg(recipe), tmp_path / "runs")
+    assert load_checkpoint(tmp_path / "runs/members/tiny/last.pt")["stage"] == 0  # the good checkpoint is intact
+    train_member(load_member_cfg(recipe, ["loader.nonfinite=skip"]), tmp_path / "skip")
+    records = [json.loads(x) for x in (tmp_path / "skip/members/tiny/metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_batches"] for r in records] == [0, 3, 3]

@@ -26,6 +26,7 @@ class BackboneCfg(Strict):
     init_from: str | None = None  # a member name in the workspace
     grad_checkpointing: bool = False
     freeze_bn: bool = False  # keep BatchNorm statistics frozen (needed for folded-BN weights)
+    channels_last: bool = True  # NHWC convolutions: 1.6x faster MobileNet on the CPU here
     model_kwargs: dict = Field(default_factory=dict)
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -172,3 +173,27 @@ class DataCfg(Strict):
     query: Path | None = None
     index: Path | None = None
     distill: Path | None = None
+
+
+class TTACfg(Strict):
+    """Test-time augmentation for embedding: flip averaging and extra square sizes."""
+
+    flip: bool = True
+    extra_sizes: list[PositiveInt] = Field(default_factory=list)
+
+
+class EnsembleCfg(Strict):
+    """How members are fused: which feature, merge per architecture, reducer, and the set it is fitted on."""
+
+    name: str | None = None
+    members: list[str] = Field(min_length=1)
+    features: Literal["neck", "backbone"] = "backbone"
+    merge: Literal["mean", "concat"] = "mean"  # mean: average members of one architecture first
+    pca: PositiveInt | None = 64  # None: plain concatenation
+    whiten: bool = False
+    fit_on: str = "index"  # train | query | index | distill of the data config, or a manifest CSV
+    data: Path | None = None  # data config; default: the first member's
+    tta: TTACfg = Field(default_factory=TTACfg)
+    batch_size: PositiveInt = 64
+    workers: int = Field(2, ge=0)
+    device: str = "auto"

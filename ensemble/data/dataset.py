@@ -35,13 +35,16 @@ class ImageDataset(Dataset):
 
 
 def collate_skip(batch) -> dict:
-    """Stack the readable samples; list the failed ones as (index, reason)."""
+    """Stack the readable samples (tuples of views stack per view); list the failed ones as (index, reason)."""
     good = [b for b in batch if b[0] is not None]
     failed = [(b[2], b[1]) for b in batch if b[0] is None]
     if not good:
         return {"images": None, "targets": None, "indices": torch.empty(0, dtype=torch.long), "failed": failed}
+    first = good[0][0]
+    images = tuple(torch.stack([b[0][v] for b in good]) for v in range(len(first))) if isinstance(first, tuple) \
+        else torch.stack([b[0] for b in good])
     return {
-        "images": torch.stack([b[0] for b in good]),
+        "images": images,
         "targets": torch.as_tensor([b[1] for b in good], dtype=torch.long),
         "indices": torch.as_tensor([b[2] for b in good], dtype=torch.long),
         "failed": failed,

@@ -1,59 +1,111 @@
-"""Batched feature extraction with horizontal-flip TTA, in manifest order."""
+"""Batched feature extraction: every image is decoded once, then every model and view runs on it.
+
+Each model (an `Embedder`) names its preprocessing (size, mean, std); the loader's workers decode an
+image once and produce one tensor per distinct preprocessing, so N members cost one decode per image.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.augment import to_uint8_tensor
 from ..data.dataset import FailureLog, ImageDataset, collate_skip
+from ..device import limit_worker_threads, memory_format
 from ..models.preprocess import Preprocess
 
 
-class EvalTransform:
-    """HxWx3 uint8 -> normalised 3xSxS float, through the same `Preprocess` that exports use."""
+@dataclass
+class Embedder:
+    """One model as extraction sees it: its preprocessing and a batch -> features function."""
 
-    def __init__(self, size_px: int, mean, std):
-        self.pre = Preprocess(size_px, mean, std)
+    name: str
+    key: str  # identity for caches: checkpoint content hash + feature choice
+    arch: str  # members of one architecture are merged before fusion
+    size_px: int
+    mean: tuple
+    std: tuple
+    out_dim: int
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    channels_last: bool = False
+    info: dict = field(default_factory=dict)  # e.g. train manifest hash, checkpoint path
 
-    def __call__(self, arr: np.ndarray) -> torch.Tensor:
+    def views(self, sizes: list[int] | None = None) -> list[tuple]:
+        """Preprocessing specs this model needs: its size plus any extra TTA sizes."""
+        return [(int(s), tuple(self.mean), tuple(self.std)) for s in [self.size_px, *(sizes or [])]]
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: horizontal flip and extra square sizes, features averaged."""
+
+    flip: bool = True
+    extra_sizes: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        return f"flip={int(self.flip)},sizes={','.join(map(str, self.extra_sizes)) or '-'}"
+
+
+class MultiTransform:
+    """HxWx3 uint8 -> one normalised tensor per distinct (size, mean, std)."""
+
+    def __init__(self, specs: list[tuple]):
+        self.specs = specs
+        self.pre = [Preprocess(size, mean, std) for size, mean, std in specs]
+
+    def __call__(self, arr: np.ndarray) -> tuple:
         with torch.no_grad():
-            return self.pre(to_uint8_tensor(arr)[None])[0]
+            x = to_uint8_tensor(arr)[None]
+            return tuple(pre(x)[0] for pre in self.pre)
 
 
 def normalize_blocks(feats: torch.Tensor, blocks: list[int] | None) -> torch.Tensor:
     """L2-normalise each block of columns on its own."""
     parts = feats.split(blocks, dim=1) if blocks else (feats,)
-    return torch.cat([torch.nn.functional.normalize(p, dim=-1) for p in parts], dim=1)
+    return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=1)
 
 
-def extract(fn, paths, size_px: int, mean, std, device: torch.device, batch_size: int = 64,
-            workers: int = 2, flip_tta: bool = True, max_fail_ratio: float = 0.01, desc: str = "embed",
-            blocks: list[int] | None = None) -> np.ndarray:
-    """Run `fn(images) -> [B, D]` (L2-normalised) over all images; flip TTA averages both views.
+def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks) -> torch.Tensor:
+    total = None
+    for images in views:
+        images = images.contiguous(memory_format=memory_format(emb.channels_last))
+        feats = normalize_blocks(emb.fn(images).float(), blocks)
+        if tta.flip:
+            feats = feats + normalize_blocks(emb.fn(images.flip(-1)).float(), blocks)
+        total = feats if total is None else total + feats
+    return normalize_blocks(total, blocks)
 
-    blocks: widths of feature blocks that are L2-normalised separately after the flip average
-    (several features from one pass); default one block.
 
-    Rows of unreadable images are zero (they are warned about and counted against max_fail_ratio).
+def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
+                 workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
+                 blocks: dict[str, list[int]] | None = None) -> list[np.ndarray]:
+    """Features of `paths` for every embedder, in manifest order; each image is decoded once.
+
+    Rows of unreadable images are zero (warned about, and counted against max_fail_ratio).
+    blocks: per embedder name, widths of feature blocks normalised separately (several features per pass).
     """
-    dataset = ImageDataset(paths, [0] * len(paths), EvalTransform(size_px, mean, std), draft_px=size_px)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip)
+    specs = sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
+    index_of = {spec: i for i, spec in enumerate(specs)}
+    draft = max(s[0] for s in specs)
+    dataset = ImageDataset(paths, [0] * len(paths), MultiTransform(specs), draft_px=draft)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
+                        worker_init_fn=limit_worker_threads)
     fails = FailureLog(paths, max_fail_ratio)
-    out = None
+    outputs = [np.zeros((len(paths), e.out_dim), np.float32) for e in embedders]
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False):
             fails.update(batch)
             if batch["images"] is None:
                 continue
-            images = batch["images"].to(device)
-            feats = fn(images)
-            if flip_tta:
-                feats = normalize_blocks(feats + fn(images.flip(-1)), blocks)
-            if out is None:
-                out = np.zeros((len(paths), feats.shape[1]), np.float32)
-            out[batch["indices"].numpy()] = feats.float().cpu().numpy()
+            rows = batch["indices"].numpy()
+            for out, emb in zip(outputs, embedders, strict=True):
+                views = [batch["images"][index_of[v]].to(device) for v in emb.views(list(tta.extra_sizes))]
+                out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name)).cpu().numpy()
     fails.check(final=True)
-    return out
+    return outputs

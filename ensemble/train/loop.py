@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..config.schema import OptimCfg, StageCfg
-from ..device import autocast_dtype
+from ..device import autocast_dtype, memory_format
 from ..errors import EnsError
 from ..tasks.base import Task
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
@@ -53,6 +53,7 @@ class RunSpec:
     make_loader: Callable[[int], torch.utils.data.DataLoader]
     on_batch: Callable[[dict], None] = lambda batch: None
     nonfinite: str = "stop"
+    channels_last: bool = False
     extra: dict = field(default_factory=dict)  # saved into checkpoints (labels, preprocessing, ...)
 
 
@@ -80,7 +81,8 @@ class Trainer:
     """Runs the stages of a `RunSpec` on a task; resumes from `run_dir/last.pt`."""
 
     def __init__(self, task: Task, spec: RunSpec):
-        self.task, self.spec = task.to(spec.device), spec
+        self.fmt = memory_format(spec.channels_last)
+        self.task, self.spec = task.to(spec.device, memory_format=self.fmt), spec
         self.last_path = spec.run_dir / "last.pt"
         self.metrics_path = spec.run_dir / "metrics.jsonl"
         self.dtype = autocast_dtype(spec.device, spec.optim.precision)
@@ -159,6 +161,7 @@ class Trainer:
     def _step(self, batch, i, n_batches, optimizer, scheduler, scaler, where) -> float | None:
         device, accum = self.spec.device, self.spec.optim.accum_steps
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch["images"] = batch["images"].contiguous(memory_format=self.fmt)
         with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             loss = self.task.loss(batch)
         if not torch.isfinite(loss):

@@ -32,7 +32,7 @@ def test_arcface_matches_hand_written_reference():
     emb, targets = torch.randn(8, 6), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     loss = F.cross_entropy(head(emb, targets), targets)
     expected = reference_arcface_loss(emb.numpy(), head.weight.detach().numpy(), targets.numpy(), 30.0, 0.5)
-    assert math.isclose(float(loss), expected, rel_tol=1e-4)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-4)
 
 
 def test_arcface_fallback_past_pi_minus_margin():

@@ -1,0 +1,64 @@
+"""Turn trained members into `Embedder`s for extraction (cache keys from checkpoint content)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import EnsError
+from ..models.member import EmbeddingModel
+from .extract import Embedder
+
+FEATURES = ("neck", "backbone", "both")
+
+
+def file_sha1(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_fn(model: EmbeddingModel, features: str):
+    """batch -> features: the neck embedding, the pooled backbone feature, or both concatenated."""
+    def fn(x):
+        pooled = model.backbone(x)
+        if features == "backbone":
+            return pooled
+        neck = model.neck(pooled)
+        return neck if features == "neck" else torch.cat([F.normalize(neck.float(), dim=-1),
+                                                          F.normalize(pooled.float(), dim=-1)], dim=1)
+    return fn
+
+
+def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, features: str, device: torch.device,
+                   size_px: int | None = None, channels_last: bool = False, info: dict | None = None) -> Embedder:
+    """An Embedder over an in-memory member model."""
+    if features not in FEATURES:
+        raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).eval()
+    dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}
+    out_dim = dims["neck"] + dims["backbone"] if features == "both" else dims[features]
+    return Embedder(name, f"{key}:{features}", arch, size_px or model.backbone.image_size, model.backbone.mean,
+                    model.backbone.std, out_dim, feature_fn(model, features), channels_last, info or {})
+
+
+def load_member_embedder(workdir: str | Path, name: str, features: str, device: torch.device) -> Embedder:
+    """The trained member `name` of the workspace (its best.pt), at its eval image size."""
+    from ..member import MODEL_FILE, load_member_model, member_dir
+
+    path = member_dir(workdir, name) / MODEL_FILE
+    if not path.is_file():
+        raise EnsError(f"member {name!r}: no trained model at {path} (run `ens train-member` first)")
+    model, payload = load_member_model(path)
+    cfg = payload["config"]
+    arch = f"{cfg['backbone']['source']}:{cfg['backbone']['arch']}"
+    return model_embedder(model, name, file_sha1(path), arch, features, device,
+                          size_px=cfg["eval"]["image_size"], channels_last=cfg["backbone"]["channels_last"],
+                          info={"checkpoint": str(path), "train_manifest_sha1": payload["train_manifest_sha1"],
+                                "default_features": cfg["eval"]["features"], "data": cfg["data"]})

@@ -1,0 +1,82 @@
+"""Human-readable eval outputs: a Markdown table and a PNG grid of queries with their top-5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.decode import DecodeError, decode_image
+from ..data.manifest import Manifest
+from ..train.checkpoint import atomic_write_text
+
+
+def markdown_table(reports: list[dict], k: int = 5) -> str:
+    """One row per report: model, dim, mP@k, recall@1, mAP@100, then mP@k per domain."""
+    domains = sorted({d for r in reports for d in r.get("per_domain", {})})
+    lines = ["| model | dim | mP@%d | recall@1 | mAP@100 | %s |" % (k, " | ".join(domains)),
+             "|---|---|---|---|---|" + "---|" * len(domains)]
+    for r in reports:
+        per = " | ".join(f"{r['per_domain'].get(d, float('nan')):.3f}" for d in domains)
+        lines.append(f"| {r['model']} | {r.get('dim', '')} | {r[f'mP@{k}']:.3f} | {r['recall@1']:.3f} | "
+                     f"{r['mAP@100']:.3f} | {per} |")
+    excluded = sum(r.get("excluded_queries", 0) for r in reports)
+    if excluded:
+        lines.append(f"\n{excluded} queries had no relevant index image and were excluded (GUIE rule).")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, reports: list[dict]) -> None:
+    atomic_write_text(path, markdown_table(reports))
+
+
+def _thumb(path: str, size_px: int = 96) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        img = Image.fromarray(decode_image(path, draft_px=size_px))
+    except DecodeError:
+        return np.full((size_px, size_px, 3), 128, np.uint8)
+    img.thumbnail((size_px, size_px))
+    canvas = Image.new("RGB", (size_px, size_px), (255, 255, 255))
+    canvas.paste(img, ((size_px - img.width) // 2, (size_px - img.height) // 2))
+    return np.asarray(canvas)
+
+
+def example_queries(q: Manifest, x: Manifest, neighbors: np.ndarray, rows: int) -> list[int]:
+    """Half the grid shows queries whose top-1 is wrong (the interesting ones), half spread evenly."""
+    wrong = [i for i in range(len(q)) if x.labels[neighbors[i, 0]] != q.labels[i]]
+    spread = np.linspace(0, len(q) - 1, rows).astype(int).tolist()
+    picked = list(dict.fromkeys(wrong[: rows // 2] + spread))
+    return picked[:rows]
+
+
+def write_png(path: Path, q: Manifest, x: Manifest, neighbors: np.ndarray, title: str, rows: int = 8) -> None:
+    """Grid: each row a query and its top-k; green frame = same label, red = different."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picked = example_queries(q, x, neighbors, min(rows, len(q)))
+    k = neighbors.shape[1]
+    fig, axes = plt.subplots(len(picked), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(picked)), squeeze=False)
+    for r, qi in enumerate(picked):
+        cells = [(q.paths[qi], f"query\n{q.labels[qi][:18]}", "black")]
+        cells += [(x.paths[j], x.labels[j][:18], "green" if x.labels[j] == q.labels[qi] else "red")
+                  for j in neighbors[qi]]
+        for c, (img_path, label, colour) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(_thumb(img_path))
+            ax.set_title(label, fontsize=6, color=colour)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3 if c else 1)
+    fig.suptitle(f"{title}: queries and their top-{k} (green = relevant)", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Fusion of member embeddings: merging, concatenation, PCA."""

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+import ensemble.data.dataset as dataset_module
+import ensemble.embed.cache as cache_module
+from ensemble.data.manifest import read_manifest
+from ensemble.embed.cache import embed_manifest
+from ensemble.embed.extract import TTA, extract_many
+from ensemble.embed.models import load_member_embedder
+
+
+def counting_decoder(monkeypatch):
+    calls = []
+    real = dataset_module.decode_image
+
+    def counted(path, draft_px=None):
+        calls.append(path)
+        return real(path, draft_px)
+
+    monkeypatch.setattr(dataset_module, "decode_image", counted)
+    return calls
+
+
+def test_each_image_is_decoded_once_for_all_members_and_views(trained_workspace, monkeypatch):
+    calls = counting_decoder(monkeypatch)
+    cpu = torch.device("cpu")
+    embedders = [load_member_embedder(trained_workspace, m, "neck", cpu) for m in ("vit_a", "vit_b", "tvit")]
+    manifest = read_manifest(trained_workspace.parent / "index.csv")
+    feats = extract_many(embedders, manifest.paths, cpu, TTA(flip=True), batch_size=8, workers=0)
+    assert len(calls) == len(manifest) == 20  # not 20 x 3 members x 2 flips
+    assert [f.shape for f in feats] == [(20, 8), (20, 8), (20, 8)]
+    assert np.allclose(np.linalg.norm(feats[0], axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(feats[0], feats[1])  # different members, different features
+
+
+def test_flip_tta_averages_both_views(trained_workspace):
+    cpu = torch.device("cpu")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    paths = read_manifest(trained_workspace.parent / "query.csv").paths
+    plain = extract_many([emb], paths, cpu, TTA(flip=False), workers=0)[0]
+    flipped_only = extract_many([emb], paths, cpu, TTA(flip=False), workers=0)[0]
+    both = extract_many([emb], paths, cpu, TTA(flip=True), workers=0)[0]
+    assert np.array_equal(plain, flipped_only) and not np.allclose(plain, both)
+
+
+def test_second_embedding_is_a_cache_hit_and_new_checkpoint_misses(trained_workspace, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    manifest = read_manifest(trained_workspace.parent / "query.csv")
+    runs = []
+    real = cache_module.extract_many
+
+    def counted(embedders, *args, **kwargs):
+        runs.append([e.name for e in embedders])
+        return real(embedders, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "extract_many", counted)
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    first = embed_manifest([emb], manifest, tmp_path, cpu, workers=0)[0]
+    second = embed_manifest([emb], manifest, tmp_path, cpu, workers=0)[0]
+    assert runs == [["vit_a"]] and np.array_equal(first, second)
+    embed_manifest([emb], manifest, tmp_path, cpu, TTA(flip=False), workers=0)
+    assert len(runs) == 2  # other TTA, other entry
+    emb.key = "a-retrained-checkpoint:neck"
+    embed_manifest([emb], manifest, tmp_path, cpu, workers=0)
+    assert len(runs) == 3  # an entry of an old checkpoint is never used
+
+
+def test_unknown_member_is_one_line_error(trained_workspace):
+    from ensemble.errors import EnsError
+
+    with pytest.raises(EnsError, match="member 'nobody': no trained model at"):
+        load_member_embedder(trained_workspace, "nobody", "neck", torch.device("cpu"))

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from ensemble.evaluate.metrics import average_precision_at, evaluate_embeddings, knn, retrieval_metrics
+
+
+def test_mp5_hand_computed_with_fewer_than_five_relevant():
+    index_labels = ["a", "a", "b", "b", "b", "b", "b", "b", "c"]
+    neighbors = np.array([
+        [0, 2, 1, 3, 4],  # query a: n_q = 2 -> scored on top 2: [a, b] -> 1/2
+        [2, 3, 0, 4, 5],  # query b: n_q = 6 -> top 5: [b, b, a, b, b] -> 4/5
+        [8, 0, 1, 2, 3],  # query c: n_q = 1 -> top 1: [c] -> 1
+        [0, 1, 2, 3, 4],  # query z: no relevant index image -> excluded
+    ])
+    m = retrieval_metrics(neighbors, ["a", "b", "c", "z"], index_labels, k=5, map_k=5)
+    assert m["mP@5"] == pytest.approx((0.5 + 0.8 + 1.0) / 3)
+    assert m["recall@1"] == pytest.approx(1.0) and m["queries"] == 3 and m["excluded_queries"] == 1
+    # AP@5: a hits at 1, 3 -> (1 + 2/3) / 2; b hits at 1, 2, 4, 5 -> (1 + 1 + 3/4 + 4/5) / 5; c -> 1
+    assert m["mAP@5"] == pytest.approx(((1 + 2 / 3) / 2 + (1 + 1 + 0.75 + 0.8) / 5 + 1) / 3)
+
+
+def test_average_precision_by_hand():
+    rel = np.array([True, False, True, False, False])
+    assert average_precision_at(rel, n_q=2, k=5) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision_at(rel, n_q=10, k=5) == pytest.approx((1 + 2 / 3) / 5)
+
+
+def test_knn_is_euclidean_and_ties_do_not_change_the_score():
+    index = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+    query = np.array([[0.9, 0.1]], np.float32)
+    assert knn(query, index, 3).tolist() == [[0, 1, 2]]
+    # two index images at exactly the same place with different labels: whichever comes first,
+    # a query with one relevant image is scored on its top 1 only
+    tied = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
+    m = evaluate_embeddings(np.array([[0.0, 1.0]], np.float32), ["x"], tied, ["x", "y"], k=5, map_k=5)
+    assert m["mP@5"] in (0.0, 1.0) and m["queries"] == 1
+
+
+def test_per_domain_scores():
+    index = np.eye(3, dtype=np.float32)
+    query = np.eye(3, dtype=np.float32)
+    report = evaluate_embeddings(query, ["a", "b", "x"], index, ["a", "b", "c"], k=5, q_domains=["d1", "d1", "d2"])
+    assert report["per_domain"]["d1"] == 1.0 and np.isnan(report["per_domain"]["d2"])
+    assert report["excluded_queries"] == 1

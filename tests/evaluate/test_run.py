@@ -1,0 +1,45 @@
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from ensemble.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_eval_member_writes_json_markdown_and_png(trained_workspace, tmp_path):
+    out = tmp_path / "rep" / "vit_a.json"
+    text = run("eval", "vit_a", "--workdir", trained_workspace, "--out", out, "--workers", 0)
+    assert "| vit_a | 8 |" in text
+    report = json.loads(out.read_text())
+    assert report["queries"] == 4 and 0 <= report["mP@5"] <= 1 and "object" in report["per_domain"]
+    assert out.with_suffix(".md").read_text().startswith("| model | dim | mP@5 |")
+    png = out.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_fuse_then_eval_and_embed_the_ensemble(trained_workspace, tmp_path):
+    run("fuse", "--pca", 4, "--members", "vit_a,tvit", "--name", "cli", "--workdir", trained_workspace)
+    text = run("eval", "ensemble:cli", "--workdir", trained_workspace, "--out", tmp_path / "e.json", "--workers", 0)
+    assert "| ensemble:cli | 4 |" in text
+    manifest = trained_workspace.parent / "query.csv"
+    run("embed", "ensemble:cli", "--manifest", manifest, "--out", tmp_path / "q.npy", "--workdir", trained_workspace,
+        "--workers", 0)
+    feats = np.load(tmp_path / "q.npy")
+    assert feats.shape == (4, 4) and feats.dtype == np.float32
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert json.loads((tmp_path / "q.json").read_text())["model"] == "ensemble:cli"
+
+
+def test_eval_errors_are_one_line(trained_workspace):
+    result = CliRunner().invoke(main, ["eval", "student:s", "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and result.output.startswith("error: MODEL 'student:s'")
+    result = CliRunner().invoke(main, ["eval", "vit_a", "--query", "q.csv", "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and "--query and --index must be given together" in result.output
+    result = CliRunner().invoke(main, ["fuse", "--pca", "999", "--members", "vit_a", "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and "pca: 999 dims requested" in result.output

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import yaml
+
+from ensemble.config.schema import EnsembleCfg
+from ensemble.errors import EnsError
+from ensemble.fuse.ensemble import combine, fuse, load_ensemble
+
+
+def cfg(**kw):
+    base = {"members": ["vit_a", "vit_b", "tvit"], "features": "backbone", "pca": 8, "fit_on": "index",
+            "workers": 0, "device": "cpu"}
+    return EnsembleCfg.model_validate({**base, **kw})
+
+
+def test_fuse_merges_per_architecture_concatenates_and_reduces(trained_workspace):
+    ens = fuse(cfg(name="t"), trained_workspace)
+    d = ens.description
+    assert d["groups"] == [[0, 1], [2]]  # the two open_clip ViTs are averaged, the timm ViT kept apart
+    assert d["concat_dim"] == 16 + ens.embedders[2].out_dim and d["out_dim"] == 8
+    assert d["fit_on"]["rows"] == 20 and 0 < d["reducer"]["explained_variance_ratio"] <= 1
+    saved = yaml.safe_load((trained_workspace / "ensemble" / "t" / "ensemble.yaml").read_text())
+    assert [m["name"] for m in saved["members"]] == ["vit_a", "vit_b", "tvit"] and saved["tta"]["flip"] is True
+    loaded = load_ensemble(trained_workspace, "t")
+    feats = [np.random.default_rng(i).standard_normal((5, m["dim"])).astype(np.float32)
+             for i, m in enumerate(d["members"])]
+    out = loaded.transform(feats)
+    assert out.shape == (5, 8) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_concat_without_pca_and_merge_concat(trained_workspace):
+    ens = fuse(cfg(name="c", pca=None, merge="concat", features="neck"), trained_workspace)
+    assert ens.description["groups"] == [[0], [1], [2]] and ens.description["out_dim"] == 24
+    assert ens.reducer is None
+
+
+def test_combine_averages_normalised_features():
+    a = np.array([[2.0, 0.0]])
+    b = np.array([[0.0, 5.0]])
+    out = combine([a, b], [[0, 1]])
+    assert np.allclose(out, [[np.sqrt(0.5), np.sqrt(0.5)]])
+    with pytest.raises(EnsError, match=r"member embeddings do not line up: row counts \[1, 2\]"):
+        combine([a, np.zeros((2, 2))], [[0], [1]])
+
+
+def test_refusals(trained_workspace):
+    with pytest.raises(EnsError, match="pca: 500 dims requested but the concatenated features have"):
+        fuse(cfg(name="big", pca=500), trained_workspace)
+    ens = load_ensemble(trained_workspace, fuse(cfg(name="r"), trained_workspace).name)
+    with pytest.raises(EnsError, match=r"ensemble 'r' expects member feature dims \[16, 16, 64\], got \[16, 15, 64\]"):
+        ens.transform([np.zeros((2, 16)), np.zeros((2, 15)), np.zeros((2, 64))])
+
+
+def test_members_from_different_training_sets_are_refused(trained_workspace, tmp_path):
+    import shutil
+
+    import torch
+
+    other = tmp_path / "runs"
+    shutil.copytree(trained_workspace / "members", other / "members")
+    path = other / "members" / "vit_b" / "best.pt"
+    payload = torch.load(path, weights_only=False)
+    payload["train_manifest_sha1"] = "0" * 40
+    torch.save(payload, path)
+    with pytest.raises(EnsError, match="members were trained on different image sets"):
+        fuse(cfg(name="x"), other)
+
+
+def test_changed_member_invalidates_the_ensemble(trained_workspace, tmp_path):
+    import shutil
+
+    import torch
+
+    other = tmp_path / "runs"
+    shutil.copytree(trained_workspace / "members", other / "members")
+    fuse(cfg(name="e", members=["vit_a"], pca=4), other)
+    path = other / "members" / "vit_a" / "best.pt"
+    payload = torch.load(path, weights_only=False)
+    payload["model"]["neck.1.bias"] += 1
+    torch.save(payload, path)
+    with pytest.raises(EnsError, match="member 'vit_a' changed since the ensemble was fitted"):
+        load_ensemble(other, "e")

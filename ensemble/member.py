@@ -26,6 +26,7 @@ from .models.member import EmbeddingModel, build_member_model
 from .tasks.classify import ClassifyTask
 from .train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .train.loop import RunSpec, Trainer, check_same_recipe
+from .train.optim import param_groups
 
 log = logging.getLogger("ensemble")
 MODEL_FILE = "best.pt"
@@ -38,7 +39,7 @@ def member_dir(workdir: str | Path, name: str) -> Path:
 def recipe_key(cfg: MemberCfg, manifest_sha1: str) -> dict:
     """The parts of a recipe that define the trained weights (not loader/eval settings)."""
     key = cfg.model_dump(mode="json", exclude={"loader": True, "eval": True, "device": True, "name": True,
-                                                "backbone": {"channels_last"}})
+                                                "data": True, "backbone": {"channels_last"}})
     key["train_manifest_sha1"] = manifest_sha1
     return key
 
@@ -49,11 +50,13 @@ def recipe_key(cfg: MemberCfg, manifest_sha1: str) -> dict:
 def plan(cfg: MemberCfg) -> dict:
     """Parameter counts per stage and lr per group, from shapes only (no weights are loaded)."""
     model = build_member_model(cfg, load_weights=False, device="meta")
+    try:
+        counts = train_data(cfg).counts
+    except EnsError:  # manifests not built yet (e.g. GUIE data): plan without the head's class count
+        counts = None
     with torch.device("meta"):
-        head = build_head(cfg.head, model.out_dim, [1, 1])  # class count does not change the plan much
+        head = build_head(cfg.head, model.out_dim, counts or [1])
     task = ClassifyTask(model, head, cfg.head)
-    from .train.optim import param_groups
-
     stages = []
     for stage in cfg.stages:
         task.set_trainable(stage.train)
@@ -64,6 +67,8 @@ def plan(cfg: MemberCfg) -> dict:
         stages.append({"train": sorted(task.trainable), "epochs": stage.epochs,
                        "trainable_params": sum(p.numel() for g in groups for p in g["params"]), "lr": lrs})
     parts = {name: sum(p.numel() for p in m.parameters()) for name, m in task.parts().items()}
+    if counts is None:
+        parts["head"] = f"{cfg.head.subcenters} x {model.out_dim} per class (train manifest not found)"
     return {"name": cfg.name, "backbone": f"{cfg.backbone.source}:{cfg.backbone.arch}",
             "image_size": model.backbone.image_size, "feature_dim": model.backbone.out_dim,
             "embedding_dim": model.out_dim, "params": parts, "stages": stages}
@@ -82,7 +87,7 @@ def _collapse_layers(lrs: dict[str, float]) -> dict[str, str]:
 def format_plan(p: dict) -> str:
     lines = [f"member {p['name']}: {p['backbone']} @ {p['image_size']} px, feature {p['feature_dim']}-d "
              f"-> embedding {p['embedding_dim']}-d",
-             "params: " + ", ".join(f"{k} {v:,}" for k, v in p["params"].items())]
+             "params: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in p["params"].items())]
     for i, s in enumerate(p["stages"]):
         lrs = ", ".join(f"{k} {v}" for k, v in _collapse_layers(s["lr"]).items())
         lines.append(f"stage {i + 1}: train {'+'.join(s['train'])} for {s['epochs']} epochs, "

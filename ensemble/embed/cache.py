@@ -23,18 +23,18 @@ def cache_path(workdir: str | Path, emb: Embedder, manifest: Manifest, tta: TTA)
     return Path(workdir) / "cache" / emb.name / f"{key}.npy"
 
 
-def _load(path: Path, rows: int, dim: int) -> np.ndarray | None:
+def _load(path: Path, rows: int, dim: int, mmap: bool = False) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
-        arr = np.load(path)
+        arr = np.load(path, mmap_mode="r" if mmap else None)
     except (OSError, ValueError):
         log.warning("ignoring unreadable cache file %s", path)
         return None
     if arr.shape != (rows, dim):
         log.warning("ignoring cache file %s: shape %s, expected %s", path, arr.shape, (rows, dim))
         return None
-    return arr.astype(np.float32)
+    return arr if mmap else arr.astype(np.float32)
 
 
 def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA) -> None:
@@ -48,11 +48,15 @@ def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta
 
 def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str | Path, device: torch.device,
                    tta: TTA = TTA(), batch_size: int = 64, workers: int = 2, max_fail_ratio: float = 0.01,
-                   use_cache: bool = True) -> list[np.ndarray]:
+                   use_cache: bool = True, mmap: bool = False) -> list[np.ndarray]:
     """Features of `manifest` for each embedder: cache hits are read, the misses run together
-    (one decode per image for all of them) and are stored."""
+    (one decode per image for all of them) and are stored.
+
+    mmap: return the float16 cache files memory-mapped (for data larger than memory).
+    """
     paths = [cache_path(workdir, e, manifest, tta) for e in embedders]
-    found = [_load(p, len(manifest), e.out_dim) if use_cache else None for p, e in zip(paths, embedders, strict=True)]
+    found = [_load(p, len(manifest), e.out_dim, mmap) if use_cache else None
+             for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
         computed = extract_many([embedders[i] for i in missing], manifest.paths, device, tta, batch_size, workers,
@@ -61,4 +65,6 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
             if use_cache:
                 _store(paths[i], feats, embedders[i], manifest, tta)
             found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit
+            if use_cache and mmap:
+                found[i] = _load(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
     return found

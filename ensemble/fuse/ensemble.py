@@ -8,6 +8,7 @@ members still are the ones it was fitted on.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def combine(features: list[np.ndarray], groups: list[list[int]]) -> np.ndarray:
         merged = np.mean([_l2(features[i]) for i in group], axis=0)
         parts.append(_l2(merged))
     return np.concatenate(parts, axis=1)
+
+
+def combine_to_store(features: list[np.ndarray], groups: list[list[int]], path: Path,
+                     chunk_rows: int = 16384) -> np.ndarray:
+    """`combine` chunk by chunk into a float32 .npy memmap at `path`, so the inputs can be memmaps
+    larger than memory; returns the memmap."""
+    rows = {f.shape[0] for f in features}
+    if len(rows) != 1:
+        raise EnsError(f"member embeddings do not line up: row counts {sorted(rows)}")
+    n = rows.pop()
+    width = sum(features[g[0]].shape[1] for g in groups)
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, width))
+    for start in range(0, n, chunk_rows):
+        store[start:start + chunk_rows] = combine([np.asarray(f[start:start + chunk_rows], np.float32)
+                                                   for f in features], groups)
+    store.flush()
+    return store
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -112,17 +130,20 @@ def fuse(cfg: EnsembleCfg, workdir: str | Path) -> Ensemble:
     data_path = Path(cfg.data or embedders[0].info["data"])
     manifest = fit_manifest(cfg, data_path)
     tta = TTA(cfg.tta.flip, tuple(cfg.tta.extra_sizes))
-    features = embed_manifest(embedders, manifest, workdir, device, tta, cfg.batch_size, cfg.workers)
+    features = embed_manifest(embedders, manifest, workdir, device, tta, cfg.batch_size, cfg.workers, mmap=True)
     groups = group_members(embedders, cfg.merge)
-    fused = combine(features, groups)
-    reducer = None
-    if cfg.pca is not None:
-        if cfg.pca > fused.shape[1]:
-            raise EnsError(f"pca: {cfg.pca} dims requested but the concatenated features have {fused.shape[1]}")
-        reducer = fit_pca(fused, cfg.pca, whiten=cfg.whiten)
-    description = describe(cfg, name, embedders, groups, manifest, fused.shape[1], reducer)
     out = ensemble_dir(workdir, name)
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        fused = combine_to_store(features, groups, Path(tmp) / "fit_features.npy")
+        concat_dim = fused.shape[1]
+        reducer = None
+        if cfg.pca is not None:
+            if cfg.pca > concat_dim:
+                raise EnsError(f"pca: {cfg.pca} dims requested but the concatenated features have {concat_dim}")
+            reducer = fit_pca(fused, cfg.pca, whiten=cfg.whiten)
+        del fused
+    description = describe(cfg, name, embedders, groups, manifest, concat_dim, reducer)
     if reducer is not None:
         reducer.save(out / "reducer.npz")
     else:

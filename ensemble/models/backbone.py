@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,6 +89,18 @@ def _open_clip_layer_ids(tower) -> tuple[dict[str, int], int]:
     return ids, depth + 2
 
 
+@contextmanager
+def _quiet(active: bool):
+    """open_clip warns 'No pretrained weights loaded' on purpose-built random models (dry runs, tests)."""
+    if active:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        if active:
+            logging.disable(logging.NOTSET)
+
+
 def _size_of(value) -> int:
     return int(value[0] if isinstance(value, tuple | list) else value)
 
@@ -100,7 +112,7 @@ def build_open_clip(cfg: BackboneCfg, load_weights: bool = True, device: str | N
     pretrained = cfg.pretrained if load_weights else None
     meta = device == "meta"
     try:
-        with torch.device("meta") if meta else nullcontext():
+        with torch.device("meta") if meta else nullcontext(), _quiet(pretrained is None):
             model = open_clip.create_model(cfg.arch, pretrained=pretrained, force_image_size=cfg.image_size,
                                            device="meta" if meta else "cpu", **cfg.model_kwargs)
     except RuntimeError as exc:

@@ -80,3 +80,14 @@ def test_changed_member_invalidates_the_ensemble(trained_workspace, tmp_path):
     torch.save(payload, path)
     with pytest.raises(EnsError, match="member 'vit_a' changed since the ensemble was fitted"):
         load_ensemble(other, "e")
+
+
+def test_chunked_store_equals_in_memory_combine(tmp_path):
+    from ensemble.fuse.ensemble import combine_to_store
+
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((50, 6)).astype(np.float16), rng.standard_normal((50, 6)).astype(np.float16),
+             rng.standard_normal((50, 3)).astype(np.float16)]
+    store = combine_to_store(feats, [[0, 1], [2]], tmp_path / "s.npy", chunk_rows=7)
+    assert store.shape == (50, 9)
+    assert np.allclose(store, combine([f.astype(np.float32) for f in feats], [[0, 1], [2]]), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from ..embed.cache import embed_manifest
 from ..embed.extract import TTA, Embedder
 from ..embed.models import load_member_embedder
 from ..errors import EnsError
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from .metrics import evaluate_embeddings, knn
 from .report import write_png, write_markdown
 
@@ -102,8 +103,9 @@ def embed_to_file(spec: str | None, workdir, manifest: str, out: str | Path, tta
     tta_used = model.tta if tta else TTA(flip=False)
     feats = embed_with(model, rows, workdir, tta_used, workers)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats)
+    buffer = io.BytesIO()
+    np.save(buffer, feats)
+    atomic_write_bytes(out, buffer.getvalue())
     meta = {"model": model.name, "manifest": str(rows.source), "manifest_sha1": rows.sha1,
             "rows": int(feats.shape[0]), "dim": int(feats.shape[1]), "tta": tta_used.describe()}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))

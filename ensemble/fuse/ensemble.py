@@ -21,7 +21,7 @@ from ..data.manifest import Manifest, read_manifest
 from ..device import pick_device
 from ..embed.cache import embed_manifest
 from ..embed.extract import TTA, Embedder
-from ..embed.models import load_member_embedder
+from ..embed.models import file_sha1, load_member_embedder
 from ..errors import EnsError
 from ..train.checkpoint import atomic_write_text
 from .reducer import PCAReducer, fit_pca
@@ -146,6 +146,8 @@ def fuse(cfg: EnsembleCfg, workdir: str | Path) -> Ensemble:
     description = describe(cfg, name, embedders, groups, manifest, concat_dim, reducer)
     if reducer is not None:
         reducer.save(out / "reducer.npz")
+        # the yaml is written last and names the reducer's hash: a fuse killed in between is detected
+        description["reducer"]["sha1"] = file_sha1(out / "reducer.npz")
     else:
         (out / "reducer.npz").unlink(missing_ok=True)
     atomic_write_text(out / "ensemble.yaml", yaml.safe_dump(description, sort_keys=False))
@@ -192,5 +194,11 @@ def load_ensemble(workdir: str | Path, name: str | None = None, device=None) -> 
         if emb.key != member["key"]:
             raise EnsError(f"ensemble {name!r}: member {emb.name!r} changed since the ensemble was fitted "
                            "(checkpoint hash differs); run `ens fuse` again")
-    reducer = PCAReducer.load(folder / "reducer.npz") if description["reducer"] else None
+    reducer = None
+    if description["reducer"]:
+        path = folder / "reducer.npz"
+        if not path.is_file() or file_sha1(path) != description["reducer"].get("sha1"):
+            raise EnsError(f"ensemble {name!r}: {path} does not match ensemble.yaml (interrupted fuse?); "
+                           "run `ens fuse` again")
+        reducer = PCAReducer.load(path)
     return Ensemble(name, description, embedders, reducer)

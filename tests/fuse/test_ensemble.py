@@ -91,3 +91,16 @@ def test_chunked_store_equals_in_memory_combine(tmp_path):
     store = combine_to_store(feats, [[0, 1], [2]], tmp_path / "s.npy", chunk_rows=7)
     assert store.shape == (50, 9)
     assert np.allclose(store, combine([f.astype(np.float32) for f in feats], [[0, 1], [2]]), atol=1e-6)
+
+
+def test_reducer_not_matching_its_yaml_is_refused(trained_workspace, tmp_path):
+    import shutil
+
+    other = tmp_path / "runs"
+    shutil.copytree(trained_workspace / "members", other / "members")
+    fuse(cfg(name="k", members=["vit_a"], pca=4), other)
+    fuse(cfg(name="k2", members=["vit_a"], pca=3), other)
+    # as if `ens fuse` had been killed after writing a new reducer but before its ensemble.yaml
+    shutil.copy(other / "ensemble" / "k2" / "reducer.npz", other / "ensemble" / "k" / "reducer.npz")
+    with pytest.raises(EnsError, match=r"reducer.npz does not match ensemble.yaml \(interrupted fuse\?\)"):
+        load_ensemble(other, "k")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EnsError
-from ..train.checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 
 def _chunks(features, chunk_rows: int):

@@ -69,7 +69,8 @@ def in_child(method: str, path: Path, dims_out: int) -> dict:
 def write_table(result: dict) -> str:
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run.",
              f"Features: {result['rows']:,} x {result['dims']:,} float16 memmap ({result['data_gb']:.1f} GB), "
-             f"power-law spectrum; PCA to {result['out_dims']}.", "",
+             f"power-law spectrum; PCA to {result['out_dims']}. Peak RSS includes the memory-mapped feature "
+             "pages a process touched (the page cache, reclaimable).", "",
              "| method | wall s | peak RSS GB | explained variance | vs sklearn randomized |", "|---|---|---|---|---|"]
     ref = next((r["explained_variance_ratio"] for r in result["methods"] if r["method"] == "sklearn_randomized"), None)
     for r in result["methods"]:

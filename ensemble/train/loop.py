@@ -179,7 +179,7 @@ class Trainer:
         return float(loss.detach())
 
     def _nonfinite(self, loss, i, optimizer, where) -> None:
-        message = f"non-finite loss ({float(loss)}) at stage {where[0] + 1} epoch {where[1] + 1} step {i + 1}"
+        message = f"non-finite loss ({float(loss.detach())}) at stage {where[0] + 1} epoch {where[1] + 1} step {i + 1}"
         if self.spec.nonfinite == "stop":
             raise EnsError(f"{message}; stopped, last good checkpoint kept at {self.last_path}")
         log.warning("%s; batch skipped", message)

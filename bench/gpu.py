@@ -69,7 +69,7 @@ def extraction(size: int, batch: int, peak: float) -> dict:
     result = {"size_px": size, "batch": batch, "img_per_s": round(img_s, 1), "gflops_per_image": round(flops / 1e9, 1),
               "tflops": round(img_s * flops / 1e12, 1), "fraction_of_peak": round(img_s * flops / 1e12 / peak, 3),
               "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-    del model, x
+    model = x = None  # free before the next size
     torch.cuda.empty_cache()
     return result
 
@@ -100,7 +100,7 @@ def train_step(size: int, batches: list[int]) -> dict:
         except torch.OutOfMemoryError:
             break
         finally:
-            del model, opt, x
+            model = opt = x = None  # free before the next batch size
             torch.cuda.empty_cache()
     return best
 

@@ -84,15 +84,16 @@ def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks) -> to
 
 def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
                  workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
-                 blocks: dict[str, list[int]] | None = None) -> list[np.ndarray]:
+                 blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True) -> list[np.ndarray]:
     """Features of `paths` for every embedder, in manifest order; each image is decoded once.
 
     Rows of unreadable images are zero (warned about, and counted against max_fail_ratio).
     blocks: per embedder name, widths of feature blocks normalised separately (several features per pass).
+    jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
     """
     specs = sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
     index_of = {spec: i for i, spec in enumerate(specs)}
-    draft = max(s[0] for s in specs)
+    draft = max(s[0] for s in specs) if jpeg_draft else None
     dataset = ImageDataset(paths, [0] * len(paths), MultiTransform(specs), draft_px=draft)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
                         worker_init_fn=limit_worker_threads)

@@ -1,0 +1,133 @@
+"""Retrieval quality and cost, side by side, on grocery and coil20 (open-set query vs index).
+
+    .venv/bin/python bench/quality.py [--data grocery coil20]
+
+Rows: the backbone without training, each CPU member, their plain concatenation and the fused
+ensemble (configs/ensemble/<data>_cpu.yaml); mP@5, recall@1, per-domain mP@5, GFLOPs and measured
+ms per image (flip TTA included). Members are trained first if the workspace lacks them (reused
+otherwise); features are cached in runs/. Writes bench/results/quality.json and BENCHMARKS.md.
+The student and exported-student rows come with the distillation issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ensemble.config.load import load_data_cfg, load_member_cfg  # noqa: E402
+from ensemble.data.manifest import read_manifest  # noqa: E402
+from ensemble.embed.cache import embed_manifest  # noqa: E402
+from ensemble.embed.extract import TTA  # noqa: E402
+from ensemble.embed.models import file_sha1, model_embedder  # noqa: E402
+from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
+from ensemble.evaluate.run import resolve_model  # noqa: E402
+from ensemble.fuse.config import ensemble_cfg  # noqa: E402
+from ensemble.fuse.ensemble import fuse  # noqa: E402
+from ensemble.member import train_member  # noqa: E402
+from ensemble.models.member import build_member_model  # noqa: E402
+
+WORKDIR = ROOT / "runs"
+CPU = torch.device("cpu")
+MEMBERS = {"grocery": ["mnv1_grocery", "mnv2_grocery"], "coil20": ["mnv1_coil20", "mnv2_coil20"]}
+
+
+def cost(embedders, flip: bool = True, batch: int = 32) -> tuple[float, float]:
+    """(GFLOPs, ms) per image for running every embedder (both flips) on one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops, seconds = 0.0, 0.0
+    views = 2 if flip else 1
+    for emb in embedders:
+        x = torch.randn(1, 3, emb.size_px, emb.size_px).contiguous(memory_format=torch.channels_last)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            emb.fn(x)
+        flops += views * counter.get_total_flops()
+        xb = torch.randn(batch, 3, emb.size_px, emb.size_px).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            emb.fn(xb)
+            start = time.perf_counter()
+            emb.fn(xb)
+            seconds += views * (time.perf_counter() - start) / batch
+    return flops / 1e9, seconds * 1000
+
+
+def row(name: str, embedders, combine, query, index) -> dict:
+    q, x = (combine(embed_manifest(embedders, m, WORKDIR, CPU, TTA(flip=True))) for m in (query, index))
+    report = evaluate_embeddings(q, query.labels, x, index.labels, 5, query.domains)
+    gflops, ms = cost(embedders)
+    return {"model": name, "dim": int(q.shape[1]), "mP@5": round(report["mP@5"], 4),
+            "recall@1": round(report["recall@1"], 4), "per_domain": report["per_domain"],
+            "gflops_per_image": round(gflops, 2), "ms_per_image": round(ms, 1)}
+
+
+def untrained(member: str, query, index) -> dict:
+    cfg = load_member_cfg(ROOT / "members" / "cpu" / f"{member}.yaml")
+    model = build_member_model(cfg)
+    emb = model_embedder(model, f"{member}_untrained", f"untrained:{file_sha1(cfg.backbone.pretrained)}",
+                         cfg.backbone.arch, "backbone", CPU, cfg.eval.image_size, cfg.backbone.channels_last)
+    return row(f"{cfg.backbone.arch}, no training", [emb], lambda f: f[0], query, index)
+
+
+def dataset_rows(data: str) -> list[dict]:
+    for member in MEMBERS[data]:
+        train_member(load_member_cfg(ROOT / "members" / "cpu" / f"{member}.yaml"), WORKDIR)
+    cfg = load_data_cfg(ROOT / "configs" / "data" / f"{data}.yaml")
+    query, index = read_manifest(cfg.query), read_manifest(cfg.index)
+    rows = [untrained(MEMBERS[data][0], query, index)]
+    for member in MEMBERS[data]:
+        m = resolve_model(member, WORKDIR, "backbone")
+        rows.append(row(f"member {member}", m.embedders, m.combine, query, index))
+    concat = fuse(ensemble_cfg(WORKDIR, None, members=",".join(MEMBERS[data]), no_pca=True, features="backbone",
+                               name=f"{data}_concat"), WORKDIR)
+    rows.append(row("plain concatenation", concat.embedders, concat.transform, query, index))
+    ens = fuse(ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{data}_cpu.yaml")), WORKDIR)
+    rows.append(row(f"fused ensemble (PCA-{ens.description['out_dim']})", ens.embedders, ens.transform, query, index))
+    return rows
+
+
+def table(data: str, rows: list[dict]) -> str:
+    domains = sorted({d for r in rows for d in r["per_domain"]})
+    lines = [f"**{data}** ({len(domains)} domain(s))", "",
+             "| model | dim | mP@5 | recall@1 | " + " | ".join(domains) + " | GFLOPs/img | ms/img |",
+             "|---|---|---|---|" + "---|" * len(domains) + "---|---|"]
+    for r in rows:
+        per = " | ".join(f"{r['per_domain'][d]:.3f}" for d in domains)
+        lines.append(f"| {r['model']} | {r['dim']} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} | "
+                     f"{r['gflops_per_image']} | {r['ms_per_image']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from update_benchmarks import update_section
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["grocery", "coil20"])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results = {d: dataset_rows(d) for d in args.data}
+    meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
+            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "quality.json").write_text(json.dumps({**meta, "results": results}, indent=2))
+    head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs index, "
+            "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (batch 32). "
+            "Student and exported-student rows: not built yet.")
+    body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
+    update_section("Retrieval quality", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from ..atomic import atomic_write_bytes, atomic_write_text, publish  # noqa: F401  (re-exported)
 from ..errors import EnsError
 
 
@@ -22,7 +22,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         torch.save(payload, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

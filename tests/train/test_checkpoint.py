@@ -36,3 +36,16 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     atomic_write_text(tmp_path / "t.txt", "hi")
     assert (tmp_path / "t.txt").read_text() == "hi"
+
+
+def test_published_files_get_normal_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"ens_kind": "member"})
+        atomic_write_text(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(mask)
+    assert oct((tmp_path / "c.pt").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "t.txt").stat().st_mode & 0o777) == "0o644"

@@ -41,6 +41,9 @@ def resolve_model(spec: str | None, workdir: str | Path, features: str | None = 
     spec = spec or "ensemble"
     if spec == "ensemble" or spec.startswith("ensemble:"):
         ens = load_ensemble(workdir, spec.partition(":")[2] or None)
+        if features and features != ens.description["features"]:
+            raise EnsError(f"--features {features}: ensemble {ens.name!r} was fitted on "
+                           f"{ens.description['features']} features")
         data = ens.embedders[0].info.get("data")
         return ResolvedModel(f"ensemble:{ens.name}", "ensemble", ens.embedders, ens.transform, ens.tta, data)
     if spec.startswith("student:") or spec.endswith(".pt"):

@@ -8,7 +8,6 @@ Writes bench/results/embed.json and the "Embedding throughput" table of BENCHMAR
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -92,7 +91,7 @@ def draft_effect(emb) -> dict:
 
 
 def main() -> None:
-    from update_benchmarks import update_section
+    from update_benchmarks import record
 
     torch.set_num_threads(2)
     v1 = load_member_embedder(WORKDIR, "mnv1_grocery", "backbone", CPU)
@@ -105,8 +104,6 @@ def main() -> None:
               "decode": decode_cost(paths[:300], v1.size_px),
               "decodes_per_image_2_members_flip": decodes_per_image([v1, v2], paths[:128]),
               "jpeg_draft_mP5": draft_effect(v1)}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "embed.json").write_text(json.dumps(result, indent=2))
     t, d, q = result["throughput"], result["decode"], result["jpeg_draft_mP5"]
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run; {result['model']}; "
              f"grocery index photos ({t['images']} images, 348x348 to 348x464 JPEG).", "",
@@ -120,7 +117,7 @@ def main() -> None:
              f"| decodes per image, 2 members x 2 flips | {result['decodes_per_image_2_members_flip']} |",
              f"| mP@5 / recall@1 with DCT draft | {q['draft']['mP@5']} / {q['draft']['recall@1']} |",
              f"| mP@5 / recall@1 with full decode | {q['full_decode']['mP@5']} / {q['full_decode']['recall@1']} |"]
-    update_section("Embedding throughput", "\n".join(lines))
+    record("embed", result, "Embedding throughput", "\n".join(lines))
     print("\n".join(lines))
 
 

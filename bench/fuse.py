@@ -96,12 +96,10 @@ def main() -> None:
                   "rows": args.rows, "dims": args.dims, "out_dims": args.out_dims,
                   "data_gb": path.stat().st_size / 2**30,
                   "methods": [in_child(m, path, args.out_dims) for m in methods]}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "fuse.json").write_text(json.dumps(result, indent=2))
     sys.path.insert(0, str(ROOT / "bench"))
-    from update_benchmarks import update_section
+    from update_benchmarks import record
 
-    update_section("Fusion scale", write_table(result))
+    record("fuse", result, "Fusion scale", write_table(result))
     print(write_table(result))
 
 

@@ -141,12 +141,10 @@ def main() -> None:
         print(table(result))
     if args.record:
         result = json.loads(Path(args.record).read_text())
-        (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        (ROOT / "bench" / "results" / "gpu.json").write_text(json.dumps(result, indent=2))
         sys.path.insert(0, str(ROOT / "bench"))
-        from update_benchmarks import update_section
+        from update_benchmarks import record
 
-        update_section("GPU: ViT-H-14 throughput", table(result))
+        record("gpu", result, "GPU: ViT-H-14 throughput", table(result))
         print(table(result))
 
 

@@ -8,7 +8,6 @@ argpartition). Writes bench/results/knn.json and the "Retrieval scale" table of 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -52,7 +51,7 @@ def timed(fn) -> tuple[float, np.ndarray]:
 
 def main() -> None:
     from ensemble.evaluate.metrics import knn
-    from update_benchmarks import update_section
+    from update_benchmarks import record
 
     rng = np.random.default_rng(0)
     query = unit_rows(5_000, 64, rng)
@@ -68,15 +67,13 @@ def main() -> None:
         index = None  # free before the larger index
     result = {"command": "python bench/knn.py", "date": str(date.today()),
               "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU", "rows": rows}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "knn.json").write_text(json.dumps(result, indent=2))
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run. 5,000 random "
              "unit 64-d queries, exact search (Euclidean).", "",
              "| index vectors | k | ens eval (faiss flat) s | numpy argpartition s | speedup | same top-1 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['index']:,} | {r['k']} | {r['faiss_s']} | {r['numpy_s']} | {r['speedup']}x | "
               f"{r['top1_agreement']:.4f} |" for r in rows]
-    update_section("Retrieval scale", "\n".join(lines))
+    record("knn", result, "Retrieval scale", "\n".join(lines))
     print("\n".join(lines))
 
 

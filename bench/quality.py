@@ -12,7 +12,6 @@ The student and exported-student rows come with the distillation issue.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -110,7 +109,7 @@ def table(data: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from update_benchmarks import update_section
+    from update_benchmarks import record
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["grocery", "coil20"])
@@ -119,13 +118,11 @@ def main() -> None:
     results = {d: dataset_rows(d) for d in args.data}
     meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
             "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "quality.json").write_text(json.dumps({**meta, "results": results}, indent=2))
     head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs index, "
             "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (batch 32). "
             "Student and exported-student rows: not built yet.")
     body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
-    update_section("Retrieval quality", body)
+    record("quality", {**meta, "results": results}, "Retrieval quality", body)
     print(body)
 
 

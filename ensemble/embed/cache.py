@@ -64,7 +64,8 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
         for i, feats in zip(missing, computed, strict=True):
             if use_cache:
                 _store(paths[i], feats, embedders[i], manifest, tta)
-            found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit
             if use_cache and mmap:
                 found[i] = _load(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
+            else:
+                found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit
     return found

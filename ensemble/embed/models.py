@@ -48,8 +48,11 @@ def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, featur
                     model.backbone.std, out_dim, feature_fn(model, features), channels_last, info or {})
 
 
-def load_member_embedder(workdir: str | Path, name: str, features: str, device: torch.device) -> Embedder:
-    """The trained member `name` of the workspace (its best.pt), at its eval image size."""
+def load_member_embedder(workdir: str | Path, name: str, features: str | None, device: torch.device) -> Embedder:
+    """The trained member `name` of the workspace (its best.pt), at its eval image size.
+
+    features: neck | backbone | both; None means the member recipe's `eval.features`.
+    """
     from ..member import MODEL_FILE, load_member_model, member_dir
 
     path = member_dir(workdir, name) / MODEL_FILE
@@ -58,7 +61,7 @@ def load_member_embedder(workdir: str | Path, name: str, features: str, device: 
     model, payload = load_member_model(path)
     cfg = payload["config"]
     arch = f"{cfg['backbone']['source']}:{cfg['backbone']['arch']}"
-    return model_embedder(model, name, file_sha1(path), arch, features, device,
+    return model_embedder(model, name, file_sha1(path), arch, features or cfg["eval"]["features"], device,
                           size_px=cfg["eval"]["image_size"], channels_last=cfg["backbone"]["channels_last"],
                           info={"checkpoint": str(path), "train_manifest_sha1": payload["train_manifest_sha1"],
-                                "default_features": cfg["eval"]["features"], "data": cfg["data"]})
+                                "data": cfg["data"]})

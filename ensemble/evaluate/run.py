@@ -48,11 +48,8 @@ def resolve_model(spec: str | None, workdir: str | Path, features: str | None = 
         return ResolvedModel(f"ensemble:{ens.name}", "ensemble", ens.embedders, ens.transform, ens.tta, data)
     if spec.startswith("student:") or spec.endswith(".pt"):
         raise EnsError(f"MODEL {spec!r}: students and exported files are not supported by this version yet")
-    device = pick_device("auto")
-    probe = load_member_embedder(workdir, spec, features or "neck", device)
-    if features is None and probe.info["default_features"] != "neck":
-        probe = load_member_embedder(workdir, spec, probe.info["default_features"], device)
-    return ResolvedModel(spec, "member", [probe], lambda feats: feats[0], TTA(), probe.info.get("data"))
+    member = load_member_embedder(workdir, spec, features, pick_device("auto"))
+    return ResolvedModel(spec, "member", [member], lambda feats: feats[0], TTA(), member.info.get("data"))
 
 
 def embed_with(model: ResolvedModel, manifest: Manifest, workdir, tta: TTA | None = None, workers: int = 2,

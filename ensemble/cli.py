@@ -145,6 +145,109 @@ def eval_cmd(model, data, query, index, k, out, features, workers, workdir):
     click.echo("wrote " + ", ".join(report["files"]))
 
 
+@main.command("distill")
+@click.option("--cfg", "cfg_path", default="distill/h14_student.yaml", show_default=True, type=click.Path(),
+              help="Student recipe YAML.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; load no weights.")
+@WORKDIR
+def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, workdir: str) -> None:
+    """Train a student on the fused ensemble's embedding (resumes when rerun)."""
+    from .config.load import load_student_cfg
+    from .member import format_plan, plan
+    from .student import distill
+
+    cfg = load_student_cfg(cfg_path, list(overrides))
+    if dry_run:
+        click.echo(format_plan(plan(cfg)).replace("member ", "student ", 1))
+        return
+    result = distill(cfg, workdir)
+    if "student" not in result:
+        click.echo(f"student {result['name']}: trained (eval disabled)")
+        return
+    r = result["student"]
+    domains = sorted(r.get("per_domain", {}))
+    click.echo(f"student {result['name']} (teacher ensemble {result['teacher']}, {result['eval_image_size']} px, "
+               f"flip TTA: {result['flip_tta']}): mP@5 {r['mP@5']:.3f}, recall@1 {r['recall@1']:.3f}"
+               + "".join(f", {d} {r['per_domain'][d]:.3f}" for d in domains))
+
+
+@main.command("export")
+@MODEL_ARG
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output TorchScript file (.pt).")
+@click.option("--sample", default=16, show_default=True, help="Images embedded both ways to verify the file.")
+@click.option("--verify-manifest", type=click.Path(), default=None,
+              help="CSV of images to verify with (default: the model's query split).")
+@WORKDIR
+def export_cmd(model, out, sample, verify_manifest, workdir):
+    """Write MODEL (student:<name>, a member, or the ensemble) as one self-contained TorchScript file."""
+    from .export import export
+
+    desc = export(model, workdir, out, sample, verify_manifest)
+    v = desc["verify"]
+    click.echo(f"wrote {out} ({desc['kind']} {desc['model']}, {len(desc['members'])} model(s), "
+               f"{desc['output_dim']}-d); verified on {v['images']} images: min cosine {v['min_cosine']:.5f}")
+
+
+@main.command("budget")
+@MODEL_ARG
+@click.option("--images", default=205_000, show_default=True, help="Images to embed (GUIE: 200k index + 5k query).")
+@click.option("--hours", default=9.0, show_default=True, help="Time budget.")
+@click.option("--gpu", "gpus", multiple=True, type=click.Choice(["T4", "P100", "A100", "H100"]),
+              help="Only these GPUs (repeatable; default all).")
+@click.option("--utilization", default=None, type=float, help="Fraction of peak assumed (default 0.5, TARGETS.md).")
+@click.option("--measure/--no-measure", default=None, help="Time the model here (default: yes for trained models).")
+@click.option("--recipes", default="members", show_default=True, type=click.Path(file_okay=False),
+              help="Where an ensemble config's member recipes are.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@WORKDIR
+def budget_cmd(model, images, hours, gpus, utilization, measure, recipes, as_json, workdir):
+    """FLOPs per image, speed here, and whether MODEL (trained, or a recipe/ensemble config) fits the budget."""
+    from .budget import DEFAULT_UTILIZATION, budget, format_budget
+
+    result = budget(model, workdir, images, hours, utilization or DEFAULT_UTILIZATION, measure, recipes)
+    if gpus:
+        for key in ("projected_hours", "fits"):
+            result[key] = {g: v for g, v in result[key].items() if g in gpus}
+    click.echo(json.dumps(result, indent=2) if as_json else format_budget(result))
+
+
+@main.command("pipeline")
+@click.argument("config", type=click.Path())
+@WORKDIR
+def pipeline_cmd(config: str, workdir: str) -> None:
+    """Train members, fuse, distil, export, evaluate all of them; print one table (reruns reuse work)."""
+    from .pipeline import format_table, load_pipeline_cfg, run_pipeline
+
+    summary = run_pipeline(load_pipeline_cfg(config), workdir)
+    click.echo(format_table(summary))
+    click.echo("wrote " + ", ".join(summary["files"]))
+
+
+@main.group("data")
+def data_group() -> None:
+    """Datasets: fetch public ones and write their manifests."""
+
+
+@data_group.command("fetch")
+@click.argument("name", type=click.Choice(["grocery"]))
+@click.option("--to", "dest", default="data/grocery", show_default=True, type=click.Path(file_okay=False),
+              help="Where to download and extract.")
+@click.option("--shared", default="../shared/data/grocery", show_default=True, type=click.Path(),
+              help="An existing copy to use instead of downloading.")
+@click.option("--config", "data_config", default="configs/data/grocery.yaml", show_default=True, type=click.Path(),
+              help="Data config pointed at the downloaded manifests.")
+def data_fetch_cmd(name: str, dest: str, shared: str, data_config: str) -> None:
+    """Get NAME (grocery: GroceryStoreDataset, MIT) and its open-set train/query/index manifests."""
+    from .data.fetch import fetch
+
+    folder = fetch(name, dest, shared, data_config)
+    if str(folder) == shared:
+        click.echo(f"{name}: using {folder} (already here; {data_config} points there)")
+    else:
+        click.echo(f"{name}: manifests in {folder}; {data_config} now points there")
+
+
 @main.command("show")
 @click.argument("member")
 @WORKDIR

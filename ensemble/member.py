@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config.load import dump_cfg, load_data_cfg
-from .config.schema import MemberCfg
+from .config.schema import MemberCfg, StudentCfg
 from .data.augment import build_train_transform
 from .data.dataset import FailureLog, ImageDataset, collate_skip
 from .data.manifest import read_manifest
@@ -54,9 +54,7 @@ def plan(cfg: MemberCfg) -> dict:
         counts = train_data(cfg).counts
     except EnsError:  # manifests not built yet (e.g. GUIE data): plan without the head's class count
         counts = None
-    with torch.device("meta"):
-        head = build_head(cfg.head, model.out_dim, counts or [1])
-    task = ClassifyTask(model, head, cfg.head)
+    task = _plan_task(cfg, model, counts)
     stages = []
     for stage in cfg.stages:
         task.set_trainable(stage.train)
@@ -67,11 +65,22 @@ def plan(cfg: MemberCfg) -> dict:
         stages.append({"train": sorted(task.trainable), "epochs": stage.epochs,
                        "trainable_params": sum(p.numel() for g in groups for p in g["params"]), "lr": lrs})
     parts = {name: sum(p.numel() for p in m.parameters()) for name, m in task.parts().items()}
-    if counts is None:
+    if counts is None and "head" in parts:
         parts["head"] = f"{cfg.head.subcenters} x {model.out_dim} per class (train manifest not found)"
     return {"name": cfg.name, "backbone": f"{cfg.backbone.source}:{cfg.backbone.arch}",
             "image_size": model.backbone.image_size, "feature_dim": model.backbone.out_dim,
             "embedding_dim": model.out_dim, "params": parts, "stages": stages}
+
+
+def _plan_task(cfg: MemberCfg, model: EmbeddingModel, counts: list[int] | None):
+    from .tasks.distill import DistillTask
+
+    with torch.device("meta"):
+        head = build_head(cfg.head, model.out_dim, counts or [1])
+        if isinstance(cfg, StudentCfg):
+            return DistillTask(model, torch.empty(0, model.out_dim), cfg.loss, head if cfg.loss.arcface else None,
+                               cfg.head)
+    return ClassifyTask(model, head, cfg.head)
 
 
 def _collapse_layers(lrs: dict[str, float]) -> dict[str, str]:
@@ -98,19 +107,21 @@ def format_plan(p: dict) -> str:
 # ---------------------------------------------------------------- loading
 
 
-def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, data: TrainData, key: dict, failed: dict) -> None:
-    """A self-describing model file: config to rebuild it, preprocessing, output dim, labels."""
-    save_checkpoint(path, {"ens_kind": "member_model", "config": cfg.model_dump(mode="json"), "recipe_key": key,
-                           "model": model.state_dict(), "labels": data.classes, "train_manifest_sha1": data.sha1,
-                           "failed_images": failed,
+def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, key: dict, kind: str = "member_model",
+               **extra) -> None:
+    """A self-describing model file: config to rebuild it, preprocessing, output dim (+ `extra`)."""
+    save_checkpoint(path, {"ens_kind": kind, "config": cfg.model_dump(mode="json"), "recipe_key": key,
+                           "model": model.state_dict(), **extra,
                            "describe": {**model.backbone.describe(), "arch": cfg.backbone.arch,
                                         "embedding_dim": model.out_dim}})
 
 
-def load_member_model(path: str | Path) -> tuple[EmbeddingModel, dict]:
-    """Rebuild a member from its model file alone (architecture from the stored config, no download)."""
-    payload = load_checkpoint(path, kind="member_model")
-    cfg = MemberCfg.model_validate(payload["config"])
+def load_member_model(path: str | Path, kind: str = "member_model") -> tuple[EmbeddingModel, dict]:
+    """Rebuild a member (or student, kind='student_model') from its model file alone
+    (architecture from the stored config, no download)."""
+    payload = load_checkpoint(path, kind=kind)
+    schema = StudentCfg if kind == "student_model" else MemberCfg
+    cfg = schema.model_validate(payload["config"])
     cfg.backbone.pretrained = None
     model = build_member_model(cfg, load_weights=False)
     model.load_state_dict(payload["model"])
@@ -158,7 +169,8 @@ def train_data(cfg: MemberCfg) -> TrainData:
     return TrainData(list(manifest.paths), targets, classes, counts, manifest.sha1)
 
 
-def _loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler: ClassBalancedSampler):
+def loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler):
+    """global epoch -> DataLoader, seeded so that a resumed epoch sees the same batches and augmentations."""
     def seed_worker(worker_id: int) -> None:
         limit_worker_threads(worker_id)
         dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
@@ -203,13 +215,14 @@ def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
     fails = FailureLog(data.paths, cfg.loader.max_fail_ratio)
     spec = RunSpec(run_dir=run_dir, kind="member", config=cfg.model_dump(mode="json"), recipe_key=key,
                    stages=cfg.stages, optim=cfg.optim, seed=cfg.seed, device=pick_device(cfg.device),
-                   make_loader=_loader_factory(cfg, dataset, sampler), on_batch=fails.update,
+                   make_loader=loader_factory(cfg, dataset, sampler), on_batch=fails.update,
                    nonfinite=cfg.loader.nonfinite, channels_last=cfg.backbone.channels_last,
                    extra={"labels": data.classes})
     Trainer(task, spec).fit()
     fails.check(final=True)
     task.model.cpu()
-    save_model(model_path, task.model, cfg, data, key, fails.failed)
+    save_model(model_path, task.model, cfg, key, labels=data.classes, train_manifest_sha1=data.sha1,
+               failed_images=fails.failed)
     if fails.failed:
         atomic_write_text(run_dir / "failed_images.json", json.dumps(fails.failed, indent=2))
     return evaluate_member(cfg, run_dir)

@@ -106,3 +106,22 @@ stages:
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+STUDENT_SETS = ["teacher=teach", "neck.dims=[8]", "loss.sim_kl=0.5", "eval.enabled=false",
+                "stages=[{train: [neck], epochs: 1}, {train: [all], epochs: 1}]"]
+
+
+@pytest.fixture(scope="session")
+def distilled_workspace(trained_workspace) -> Path:
+    """trained_workspace plus ensemble `teach` (vit_a + tvit, PCA 8) and a tiny student `stu` distilled from it."""
+    from ensemble.config.load import load_student_cfg
+    from ensemble.config.schema import EnsembleCfg
+    from ensemble.fuse.ensemble import fuse
+    from ensemble.student import distill
+
+    fuse(EnsembleCfg.model_validate({"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone",
+                                     "pca": 8, "fit_on": "index", "workers": 0, "device": "cpu"}), trained_workspace)
+    folder = trained_workspace.parent
+    distill(load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="stu"), STUDENT_SETS), trained_workspace)
+    return trained_workspace

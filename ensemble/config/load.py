@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TypeVar
 
@@ -9,9 +10,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import EnsError
-from .schema import DataCfg, MemberCfg
+from .schema import BackboneCfg, DataCfg, MemberCfg, StudentCfg
 
 T = TypeVar("T", bound=BaseModel)
+M = TypeVar("M", bound=MemberCfg)
+log = logging.getLogger("ensemble")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -103,11 +106,12 @@ def read_recipe(path: Path, depth: int = 0) -> dict:
     return deep_merge(base, raw)
 
 
-def load_member_cfg(path: str | Path, overrides: list[str] | None = None) -> MemberCfg:
-    """Load a member (or student) recipe: validate, resolve paths, fill `name` from the file stem."""
+def load_member_cfg(path: str | Path, overrides: list[str] | None = None, schema: type[M] = MemberCfg) -> M:
+    """Load a member (or, with schema=StudentCfg, student) recipe: validate, resolve paths,
+    fill `name` from the file stem."""
     path = Path(path)
     raw = apply_overrides(read_recipe(path), overrides or [])
-    cfg = validate(MemberCfg, raw, path)
+    cfg = validate(schema, raw, path)
     base = path.resolve().parent
     data = cfg.data if cfg.data.is_absolute() else (base / cfg.data)
     if not data.is_file():
@@ -116,10 +120,26 @@ def load_member_cfg(path: str | Path, overrides: list[str] | None = None) -> Mem
     try:
         cfg.backbone.pretrained = _resolve_weights(cfg.backbone.pretrained, base)
     except EnsError as exc:
-        raise EnsError(f"{path}: {exc}") from None
+        if cfg.backbone.fallback is None:
+            raise EnsError(f"{path}: {exc}") from None
+        cfg.backbone = _fallback_backbone(cfg.backbone, path)
+        cfg.backbone.pretrained = _resolve_weights(cfg.backbone.pretrained, base)
     if cfg.name is None:
         cfg.name = path.stem
     return cfg
+
+
+def load_student_cfg(path: str | Path, overrides: list[str] | None = None) -> StudentCfg:
+    """Load a student (distillation) recipe."""
+    return load_member_cfg(path, overrides, StudentCfg)
+
+
+def _fallback_backbone(cfg: BackboneCfg, path: Path) -> BackboneCfg:
+    """The backbone with its `fallback` keys applied (the `pretrained` file is missing)."""
+    log.warning("%s: backbone.pretrained %s not found; using backbone.fallback %s", path, cfg.pretrained, cfg.fallback)
+    merged = deep_merge(cfg.model_dump(mode="json"), cfg.fallback)
+    merged["fallback"] = None
+    return validate(BackboneCfg, merged, f"{path} (backbone.fallback)")
 
 
 def load_data_cfg(path: str | Path) -> DataCfg:

@@ -28,6 +28,9 @@ class BackboneCfg(Strict):
     freeze_bn: bool = False  # keep BatchNorm statistics frozen (needed for folded-BN weights)
     channels_last: bool = True  # NHWC convolutions: 1.6x faster MobileNet on the CPU here
     model_kwargs: dict = Field(default_factory=dict)
+    # backbone keys used instead when `pretrained` names a local file that is missing, e.g. a hub
+    # tag for users who have the repository but not the shared weights
+    fallback: dict | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -166,6 +169,46 @@ class MemberCfg(Strict):
     )
 
 
+class DistillLossCfg(Strict):
+    """Weights of the distillation terms (0 switches a term off) and their shape parameters."""
+
+    cosine: float = Field(1.0, ge=0)  # 1 - cos(student, target)
+    smooth_l1: float = Field(1.0, ge=0)  # Huber on the L2-normalised vectors, summed over dims
+    smooth_l1_beta: float = Field(0.05, gt=0)
+    rkd: float = Field(1.0, ge=0)  # RKD distance: batch pairwise distances, each set / its mean
+    sim_kl: float = Field(0.0, ge=0)  # KL of the batch similarity distributions (teacher || student)
+    temperature: float = Field(0.05, gt=0)  # for sim_kl
+    arcface: float = Field(0.0, ge=0)  # margin-softmax on labels where the distill manifest has them
+
+
+class StudentCfg(MemberCfg):
+    """A student recipe: a member recipe's keys plus the teacher ensemble and the distillation loss.
+
+    The data config's `distill:` manifest (default `train:`) gives the images; labels are optional
+    unless `loss.arcface` > 0.
+    """
+
+    teacher: str | None = None  # ensemble name in the workspace; None: the newest
+    # lstsq: start the (single-Linear) neck at the ridge-regression fit of the targets on the initial
+    # backbone's features of the distill images, so training starts from the best linear student
+    neck_init: Literal["random", "lstsq"] = "lstsq"
+    neck_init_ridge: float = Field(0.1, ge=0)
+    loss: DistillLossCfg = Field(default_factory=DistillLossCfg)
+    augment: AugmentCfg = Field(default_factory=lambda: AugmentCfg(ops={"hflip": {"p": 0.5}}))
+    stages: list[StageCfg] = Field(
+        default_factory=lambda: [StageCfg(train=["neck"], epochs=1), StageCfg(train=["all"], epochs=3)],
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _check_head(self):
+        if self.loss.arcface == 0 and any("head" in s.train for s in self.stages):
+            raise ValueError("stages: a 'head' stage needs loss.arcface > 0 (the student has no head otherwise)")
+        if self.neck_init == "lstsq" and (len(self.neck.dims) != 1 or self.neck.batchnorm):
+            raise ValueError("neck_init: lstsq needs a neck of one Linear layer (neck.dims: [D], batchnorm: false)")
+        return self
+
+
 class DataCfg(Strict):
     """A data config: manifests relative to the YAML's folder."""
 
@@ -197,3 +240,18 @@ class EnsembleCfg(Strict):
     batch_size: PositiveInt = 64
     workers: int = Field(2, ge=0)
     device: str = "auto"
+
+
+class PipelineCfg(Strict):
+    """`ens pipeline`: member recipes, an ensemble config, a student recipe (paths relative to the YAML)."""
+
+    name: str | None = None
+    members: list[Path] = Field(min_length=1)
+    ensemble: Path
+    student: Path | None = None
+    export: bool = True
+    data: Path | None = None  # eval data config; default: the first member's
+    images: PositiveInt = 205_000  # for the budget projection
+    hours: float = Field(9.0, gt=0)
+    measure_seconds: float = Field(5.0, gt=0)  # per model, for the ms/image column
+    workers: int = Field(2, ge=0)

@@ -51,3 +51,19 @@ class ClassBalancedSampler(Sampler[int]):
             chosen.append(np.concatenate([picked, extra]).astype(np.int64))
         order = rng.permutation(np.concatenate(chosen))
         return iter(order.tolist())
+
+
+class ShuffleSampler(Sampler[int]):
+    """Every row once per epoch, in an order seeded by (seed, epoch) (distillation needs no balancing)."""
+
+    def __init__(self, rows: int, seed: int = 0):
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.rows).tolist())

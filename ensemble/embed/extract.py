@@ -71,25 +71,28 @@ def normalize_blocks(feats: torch.Tensor, blocks: list[int] | None) -> torch.Ten
     return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=1)
 
 
-def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks) -> torch.Tensor:
+def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks, normalize: bool = True) -> torch.Tensor:
+    norm = (lambda f: normalize_blocks(f, blocks)) if normalize else (lambda f: f)
     total = None
     for images in views:
         images = images.contiguous(memory_format=memory_format(emb.channels_last))
-        feats = normalize_blocks(emb.fn(images).float(), blocks)
+        feats = norm(emb.fn(images).float())
         if tta.flip:
-            feats = feats + normalize_blocks(emb.fn(images.flip(-1)).float(), blocks)
+            feats = feats + norm(emb.fn(images.flip(-1)).float())
         total = feats if total is None else total + feats
-    return normalize_blocks(total, blocks)
+    return norm(total)
 
 
 def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
                  workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
-                 blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True) -> list[np.ndarray]:
+                 blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True,
+                 normalize: bool = True) -> list[np.ndarray]:
     """Features of `paths` for every embedder, in manifest order; each image is decoded once.
 
     Rows of unreadable images are zero (warned about, and counted against max_fail_ratio).
     blocks: per embedder name, widths of feature blocks normalised separately (several features per pass).
     jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
+    normalize: False returns raw features (summed over views), e.g. to fit a layer on them.
     """
     specs = sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
     index_of = {spec: i for i, spec in enumerate(specs)}
@@ -107,6 +110,6 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
             rows = batch["indices"].numpy()
             for out, emb in zip(outputs, embedders, strict=True):
                 views = [batch["images"][index_of[v]].to(device) for v in emb.views(list(tta.extra_sizes))]
-                out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name)).cpu().numpy()
+                out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name), normalize).cpu().numpy()
     fails.check(final=True)
     return outputs

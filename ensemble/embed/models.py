@@ -53,15 +53,35 @@ def load_member_embedder(workdir: str | Path, name: str, features: str | None, d
 
     features: neck | backbone | both; None means the member recipe's `eval.features`.
     """
-    from ..member import MODEL_FILE, load_member_model, member_dir
+    from ..member import MODEL_FILE, member_dir
 
     path = member_dir(workdir, name) / MODEL_FILE
     if not path.is_file():
         raise EnsError(f"member {name!r}: no trained model at {path} (run `ens train-member` first)")
-    model, payload = load_member_model(path)
+    return embedder_from_file(path, name, "member_model", features, device)
+
+
+def load_student_embedder(workdir: str | Path, name: str, device: torch.device) -> Embedder:
+    """The trained student `name` (runs/students/<name>/best.pt); its output is the neck embedding."""
+    from ..member import MODEL_FILE
+    from ..student import student_dir
+
+    path = student_dir(workdir, name) / MODEL_FILE
+    if not path.is_file():
+        raise EnsError(f"student {name!r}: no trained model at {path} (run `ens distill` first)")
+    return embedder_from_file(path, f"student-{name}", "student_model", "neck", device)
+
+
+def embedder_from_file(path: Path, name: str, kind: str, features: str | None, device: torch.device) -> Embedder:
+    """An Embedder over a saved member or student model file."""
+    from ..member import load_member_model
+
+    model, payload = load_member_model(path, kind)
     cfg = payload["config"]
     arch = f"{cfg['backbone']['source']}:{cfg['backbone']['arch']}"
-    return model_embedder(model, name, file_sha1(path), arch, features or cfg["eval"]["features"], device,
+    features = features or cfg["eval"]["features"]
+    return model_embedder(model, name, file_sha1(path), arch, features, device,
                           size_px=cfg["eval"]["image_size"], channels_last=cfg["backbone"]["channels_last"],
-                          info={"checkpoint": str(path), "train_manifest_sha1": payload["train_manifest_sha1"],
-                                "data": cfg["data"]})
+                          info={"checkpoint": str(path), "train_manifest_sha1": payload.get("train_manifest_sha1"),
+                                "data": cfg["data"], "flip_tta": cfg["eval"]["flip_tta"], "model": model, "features": features, "config": cfg,
+                                "describe": payload["describe"]})

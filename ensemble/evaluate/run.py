@@ -15,11 +15,11 @@ from ..data.manifest import Manifest, read_manifest
 from ..device import pick_device
 from ..embed.cache import embed_manifest
 from ..embed.extract import TTA, Embedder
-from ..embed.models import load_member_embedder
+from ..embed.models import load_member_embedder, load_student_embedder
 from ..errors import EnsError
 from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from .metrics import evaluate_embeddings, knn
-from .report import write_png, write_markdown
+from .report import write_markdown, write_png
 
 
 @dataclass
@@ -27,15 +27,18 @@ class ResolvedModel:
     """What a MODEL string names: the embedders to run and how their features become one embedding."""
 
     name: str
-    kind: str  # member | ensemble
+    kind: str  # member | ensemble | student | export
     embedders: list[Embedder]
     combine: Callable[[list[np.ndarray]], np.ndarray]
     tta: TTA
     data: str | None  # default data config
+    # set for exported files: (manifest, workdir, workers) -> embeddings, bypassing the embedders
+    embed_fn: Callable[[Manifest, Path, int], np.ndarray] | None = None
 
 
 def resolve_model(spec: str | None, workdir: str | Path, features: str | None = None) -> ResolvedModel:
-    """MODEL: a member name, `ensemble` / `ensemble:<name>` (default: newest ensemble)."""
+    """MODEL: a member name, `ensemble` / `ensemble:<name>` (default: newest ensemble),
+    `student:<name>`, or an exported `.pt` file."""
     from ..fuse.ensemble import load_ensemble
 
     spec = spec or "ensemble"
@@ -46,8 +49,16 @@ def resolve_model(spec: str | None, workdir: str | Path, features: str | None = 
                            f"{ens.description['features']} features")
         data = ens.embedders[0].info.get("data")
         return ResolvedModel(f"ensemble:{ens.name}", "ensemble", ens.embedders, ens.transform, ens.tta, data)
-    if spec.startswith("student:") or spec.endswith(".pt"):
-        raise EnsError(f"MODEL {spec!r}: students and exported files are not supported by this version yet")
+    if spec.startswith("student:"):
+        if features and features != "neck":
+            raise EnsError(f"--features {features}: a student has one output, its embedding")
+        student = load_student_embedder(workdir, spec.partition(":")[2], pick_device("auto"))
+        return ResolvedModel(spec, "student", [student], lambda feats: feats[0],
+                             TTA(flip=student.info["flip_tta"]), student.info.get("data"))
+    if spec.endswith(".pt"):
+        from ..export import exported_model
+
+        return exported_model(spec)
     member = load_member_embedder(workdir, spec, features, pick_device("auto"))
     return ResolvedModel(spec, "member", [member], lambda feats: feats[0], TTA(), member.info.get("data"))
 
@@ -55,6 +66,8 @@ def resolve_model(spec: str | None, workdir: str | Path, features: str | None = 
 def embed_with(model: ResolvedModel, manifest: Manifest, workdir, tta: TTA | None = None, workers: int = 2,
                batch_size: int = 64) -> np.ndarray:
     """The model's embedding of every manifest row (member features cached in the workspace)."""
+    if model.embed_fn is not None:
+        return model.embed_fn(manifest, Path(workdir), workers)
     device = pick_device("auto")
     feats = embed_manifest(model.embedders, manifest, workdir, device, tta or model.tta, batch_size, workers)
     return model.combine(feats).astype(np.float32)

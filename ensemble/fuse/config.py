@@ -25,7 +25,8 @@ def ensemble_cfg(workdir, path: str | None = None, overrides: list[str] | None =
     raw = apply_overrides(raw, overrides or [])
     if flags.get("members"):
         raw["members"] = [m.strip() for m in flags["members"].split(",") if m.strip()]
-    raw.setdefault("members", trained_members(workdir))
+    if "members" not in raw:
+        raw["members"] = trained_members(workdir)
     for key in ("name", "fit_on", "features", "whiten", "merge", "pca"):
         if flags.get(key) is not None:
             raw[key] = flags[key]

@@ -38,7 +38,9 @@ def test_fuse_then_eval_and_embed_the_ensemble(trained_workspace, tmp_path):
 
 def test_eval_errors_are_one_line(trained_workspace):
     result = CliRunner().invoke(main, ["eval", "student:s", "--workdir", str(trained_workspace)])
-    assert result.exit_code == 2 and result.output.startswith("error: MODEL 'student:s'")
+    assert result.exit_code == 2 and result.output.startswith("error: student 's': no trained model at")
+    result = CliRunner().invoke(main, ["eval", "nothing.pt", "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and result.output.startswith("error: MODEL nothing.pt: exported file not found")
     result = CliRunner().invoke(main, ["eval", "vit_a", "--query", "q.csv", "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "--query and --index must be given together" in result.output
     result = CliRunner().invoke(main, ["fuse", "--pca", "999", "--members", "vit_a", "--workdir", str(trained_workspace)])

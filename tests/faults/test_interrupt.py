@@ -75,3 +75,36 @@ def test_sigkill_during_embedding_leaves_no_complete_looking_cache(tmp_path, tra
     subprocess.run(cmd, check=True, capture_output=True)
     assert np.load(tmp_path / "x.npy").shape == (600, 8)
     assert [np.load(p).shape for p in (runs / "cache").glob("*/*.npy")] == [(600, 8)]
+
+
+def test_sigkill_during_distillation_resumes_to_the_same_student(tmp_path, distilled_workspace):
+    """The killed run reuses cached teacher targets (the members never run) and resumes its epochs."""
+    import shutil
+
+    from tests.conftest import STUDENT_SETS
+
+    runs, ref = tmp_path / "runs", tmp_path / "ref"
+    for workspace in (runs, ref):
+        for folder in ("members", "ensemble"):
+            shutil.copytree(distilled_workspace / folder, workspace / folder)
+    recipe = tiny_recipe(tmp_path, distilled_workspace.parent / "data.yaml", name="ks")
+    sets = [s for s in STUDENT_SETS if not s.startswith("stages")] + [
+        "backbone.source=timm", "backbone.arch=test_vit", "stages=[{train: [neck], epochs: 2}, {train: [all], epochs: 6}]"]
+    args = ["distill", "--cfg", recipe, "--workdir", runs, *[x for s in sets for x in ("--set", s)]]
+    from ensemble.config.load import load_student_cfg
+    from ensemble.student import distill, student_dir
+
+    distill(load_student_cfg(recipe, sets), ref)  # uninterrupted reference (computes the targets)
+    kill_dir = student_dir(runs, "ks")
+    kill_dir.mkdir(parents=True)
+    for name in ("targets.npy", "targets.json"):
+        shutil.copy(student_dir(ref, "ks") / name, kill_dir / name)
+    kill_when(ens(*args), (kill_dir / "last.pt").exists)
+    killed_at = load_checkpoint(kill_dir / "last.pt", kind="student")
+    assert (killed_at["stage"], killed_at["epoch"]) < (1, 6) and not (kill_dir / "best.pt").exists()
+    rerun = subprocess.run(ens("-v", *args), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-1500:]
+    assert "resuming ks from stage" in rerun.stderr
+    a = load_checkpoint(student_dir(ref, "ks") / "best.pt")["model"]
+    b = load_checkpoint(kill_dir / "best.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

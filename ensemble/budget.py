@@ -1,0 +1,159 @@
+"""`ens budget`: FLOPs per image, measured images/s here, and projected time on competition GPUs.
+
+FLOPs are counted by torch's FlopCounterMode on the meta device (2 FLOPs per multiply-add), so the
+GUIE recipes (9 ViT members, a ViT-H-14 student) are costed from their architectures alone, without
+weights. Projection: images x FLOPs / (peak x utilisation).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import EnsError
+
+# dense fp16/bf16 tensor-core peaks, TFLOP/s (DOMAIN.md)
+PEAK_TFLOPS = {"T4": 65.0, "P100": 18.7, "A100": 312.0, "H100": 989.0}
+# assumed fraction of peak: bench/gpu.py measured 0.46 of the H100's 989 TFLOP/s for ViT-H-14 bf16
+# extraction (1367.5 img/s x 334.6 GFLOP); TARGETS.md costs at 0.5
+DEFAULT_UTILIZATION = 0.5
+
+
+@dataclass
+class Branch:
+    """One network pass per image in the costed model: a member or the student."""
+
+    name: str
+    arch: str
+    size_px: int
+    passes: int  # 2 with flip TTA
+    gflops: float  # per pass
+
+    @property
+    def gflops_per_image(self) -> float:
+        return self.gflops * self.passes
+
+
+def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
+    """(GFLOPs of one forward pass, image size) of a member/student recipe, built on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.member import build_member_model
+
+    model = build_member_model(cfg, load_weights=False, device="meta").eval()
+    size = size_px or cfg.eval.image_size or model.backbone.image_size
+    x = torch.empty(1, 3, size, size, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9, size
+
+
+def branch_of(cfg) -> Branch:
+    gflops, size = count_gflops(cfg)
+    return Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, gflops)
+
+
+def branches_for(spec: str | None, workdir: str | Path, recipes: str | Path = "members") -> tuple[str, list[Branch]]:
+    """What MODEL runs per image: a recipe/config file (no weights needed) or a trained model."""
+    from .config.load import load_member_cfg, load_student_cfg, read_yaml
+    from .config.schema import MemberCfg, StudentCfg
+
+    spec = spec or "ensemble"
+    if spec.endswith((".yaml", ".yml")):
+        raw = read_yaml(spec)
+        if "members" in raw:  # an ensemble config: members are recipe names under `recipes`
+            flip = (raw.get("tta") or {}).get("flip", True)
+            out = []
+            for name in raw["members"]:
+                path = Path(recipes) / f"{name}.yaml"
+                if not path.is_file():
+                    raise EnsError(f"{spec}: member {name!r}: recipe not found at {path} (see --recipes)")
+                cfg = load_member_cfg(path)
+                cfg.eval.flip_tta = bool(flip)
+                out.append(branch_of(cfg))
+            return Path(spec).stem, out
+        loader = load_student_cfg if "teacher" in raw or "loss" in raw else load_member_cfg
+        cfg = loader(spec)
+        return cfg.name, [branch_of(cfg)]
+    if spec.endswith(".pt"):
+        raise EnsError(f"MODEL {spec}: budget counts FLOPs from recipes; give the student or ensemble it came from")
+    from .evaluate.run import resolve_model
+
+    model = resolve_model(spec, workdir)
+    out = []
+    for emb in model.embedders:
+        cfg_dict = emb.info["config"]
+        schema = StudentCfg if model.kind == "student" else MemberCfg
+        cfg = schema.model_validate(cfg_dict)
+        cfg.eval.flip_tta = model.tta.flip
+        out.append(branch_of(cfg))
+    return model.name, out
+
+
+def measure_img_per_s(spec: str, workdir: str | Path, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
+    """Images/s of the exported-form module (resize + flips + merge + PCA) on uint8 640x480 inputs."""
+    from .device import pick_device
+    from .export import build_module
+
+    module, _ = build_module(spec, workdir)
+    device = pick_device("auto")
+    module = module.to(device).eval()
+    x = torch.randint(0, 256, (batch, 3, 480, 640), dtype=torch.uint8, device=device)
+    with torch.inference_mode():
+        module(x)  # warm-up
+        done, started = 0, time.perf_counter()
+        while done == 0 or time.perf_counter() - started < seconds:
+            module(x)
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
+    return done / (time.perf_counter() - started), name
+
+
+def project(gflops_per_image: float, images: int, utilization: float) -> dict[str, float]:
+    """Hours per GPU for `images` at `utilization` of each card's peak."""
+    return {gpu: images * gflops_per_image * 1e9 / (peak * 1e12 * utilization) / 3600
+            for gpu, peak in PEAK_TFLOPS.items()}
+
+
+def budget(spec: str | None, workdir: str | Path, images: int = 205_000, hours: float = 9.0,
+           utilization: float = DEFAULT_UTILIZATION, measure: bool | None = None,
+           recipes: str | Path = "members") -> dict:
+    """FLOPs, measured speed (for trained models, or with measure=True) and per-GPU projections."""
+    if not 0 < utilization <= 1:
+        raise EnsError(f"--utilization {utilization}: expected a fraction in (0, 1]")
+    name, branches = branches_for(spec, workdir, recipes)
+    gflops = sum(b.gflops_per_image for b in branches)
+    result = {"model": name, "images": images, "hours_allowed": hours, "utilization": utilization,
+              "gflops_per_image": gflops, "branches": [b.__dict__ | {"gflops_per_image": b.gflops_per_image}
+                                                       for b in branches],
+              "projected_hours": project(gflops, images, utilization)}
+    recipe_only = (spec or "").endswith((".yaml", ".yml"))
+    if measure if measure is not None else not recipe_only:
+        if recipe_only:
+            raise EnsError("--measure needs a trained model (member, ensemble, student:<name>), not a recipe")
+        img_s, device = measure_img_per_s(spec or "ensemble", workdir)
+        result["measured"] = {"device": device, "img_per_s": img_s, "ms_per_image": 1000 / img_s,
+                              "hours": images / img_s / 3600}
+    result["fits"] = {gpu: h <= hours for gpu, h in result["projected_hours"].items()}
+    return result
+
+
+def format_budget(r: dict) -> str:
+    parts = " + ".join(f"{b['name']} {b['arch']} @{b['size_px']}px x{b['passes']}" for b in r["branches"])
+    lines = [f"{r['model']}: {r['gflops_per_image']:.1f} GFLOP per image ({parts})"]
+    if "measured" in r:
+        m = r["measured"]
+        lines.append(f"measured here ({m['device']}): {m['img_per_s']:.1f} img/s, {m['ms_per_image']:.1f} ms/image "
+                     f"-> {r['images']:,} images in {m['hours']:.2f} h")
+    lines.append(f"projected for {r['images']:,} images at {r['utilization']:.0%} of peak "
+                 f"(budget {r['hours_allowed']:g} h):")
+    lines.append("| GPU | peak TFLOP/s | hours | fits |")
+    lines.append("|---|---|---|---|")
+    for gpu, h in r["projected_hours"].items():
+        lines.append(f"| {gpu} | {PEAK_TFLOPS[gpu]:g} | {h:.3g} | {'yes' if r['fits'][gpu] else 'no'} |")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Distillation task: the student's embedding regresses cached teacher targets (no teacher runs)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config.schema import DistillLossCfg, HeadCfg
+from ..losses.distill import distill_terms
+from ..losses.margin import MarginHead, margin_at_epoch
+from ..models.member import EmbeddingModel
+from .base import Task
+
+
+class DistillTask(Task):
+    """Student embedding vs `targets[batch indices]`; optional margin-softmax on labelled rows.
+
+    targets: [N, D] teacher embeddings of the distill manifest, row i for image i.
+    """
+
+    def __init__(self, model: EmbeddingModel, targets: torch.Tensor, loss_cfg: DistillLossCfg,
+                 head: MarginHead | None = None, head_cfg: HeadCfg | None = None):
+        super().__init__()
+        self.model, self.loss_cfg, self.head, self.head_cfg = model, loss_cfg, head, head_cfg
+        self.register_buffer("targets", targets.float(), persistent=False)  # cached file, not checkpointed
+        self.last_terms: dict[str, float] = {}
+
+    def parts(self) -> dict[str, nn.Module]:
+        parts = {"backbone": self.model.backbone, "neck": self.model.neck}
+        if self.head is not None:
+            parts["head"] = self.head
+        return parts
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.head is not None:
+            self.head.margin_rad = margin_at_epoch(self.head_cfg, epoch)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        with torch.set_grad_enabled("backbone" in self.trainable and torch.is_grad_enabled()):
+            feats = self.model.backbone(batch["images"])
+        student = self.model.neck(feats)
+        target = self.targets[batch["indices"].to(self.targets.device)]
+        terms = distill_terms(student, target, self.loss_cfg)
+        labelled = batch["targets"] >= 0
+        if self.head is not None and self.loss_cfg.arcface and bool(labelled.any()):
+            logits = self.head(student[labelled], batch["targets"][labelled])
+            terms["arcface"] = self.loss_cfg.arcface * F.cross_entropy(logits, batch["targets"][labelled])
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return sum(terms.values())

@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble import export as export_mod
+from ensemble.data.manifest import read_manifest
+from ensemble.errors import EnsError
+from ensemble.evaluate.run import embed_with, resolve_model
+from ensemble.export import decoded_tensor, export
+
+# runs in a fresh interpreter where `import ensemble` fails: the file must need torch only
+CONTRACT = r"""
+import json, sys
+sys.modules["ensemble"] = None
+try:
+    import ensemble
+    raise SystemExit("ensemble was importable")
+except ImportError:
+    pass
+import torch
+m = torch.jit.load(sys.argv[1])
+out = {}
+for b, h, w in [(1, 1, 1), (1, 3000, 200), (1, 224, 224), (3, 37, 500)]:
+    x = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(h))
+    y = m(x)
+    out[f"{b}x{h}x{w}"] = [list(y.shape), str(y.dtype), y.norm(dim=1).tolist(), bool(torch.isfinite(y).all())]
+x = torch.randint(0, 256, (1, 3, 64, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+batch = torch.cat([x, torch.zeros(1, 3, 64, 80, dtype=torch.uint8)])
+out["batch_consistent"] = float((m(batch)[0] - m(x)[0]).abs().max())
+print(json.dumps(out))
+"""
+
+
+def run_contract(path, tmp_path):
+    script = tmp_path / "contract.py"
+    script.write_text(CONTRACT)
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("spec, dim", [("student:stu", 8), ("ensemble:teach", 8)])
+def test_export_contract_in_a_fresh_process(distilled_workspace, tmp_path, spec, dim):
+    out = tmp_path / "model.pt"
+    desc = export(spec, distilled_workspace, out, sample=4)
+    assert desc["verify"]["min_cosine"] >= 0.999 and desc["verify"]["images"] == 4
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["output_dim"] == dim and meta["members"][0]["image_size"] == 32
+    assert meta["members"][0]["mean"] and meta["members"][0]["checkpoint"]
+    result = run_contract(out, tmp_path)
+    for key in ("1x1x1", "1x3000x200", "1x224x224", "3x37x500"):
+        shape, dtype, norms, finite = result[key]
+        assert shape == [int(key.split("x")[0]), dim] and dtype == "torch.float32" and finite
+        assert np.allclose(norms, 1.0, atol=1e-5)
+    assert result["batch_consistent"] < 1e-5
+
+
+def test_exported_student_matches_ens_eval_embedding(distilled_workspace, tmp_path):
+    out = tmp_path / "stu.pt"
+    export("student:stu", distilled_workspace, out, sample=4)
+    query = read_manifest(distilled_workspace.parent / "query.csv")
+    model = resolve_model(str(out), distilled_workspace)
+    assert model.kind == "export"
+    from_file = embed_with(model, query, distilled_workspace, workers=0)
+    from_package = embed_with(resolve_model("student:stu", distilled_workspace), query, distilled_workspace, workers=0)
+    cos = np.sum(from_file * from_package, axis=1)
+    assert from_file.shape == (4, 8) and cos.min() > 0.995  # package path decodes JPEGs at draft scale
+    module = export_mod.jit_load(out)
+    one = module(decoded_tensor(query.paths[0]))[0].numpy()
+    assert np.allclose(one, from_file[0], atol=1e-5)
+
+
+def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "MIN_COSINE", 1.5)
+    out = tmp_path / "bad.pt"
+    with pytest.raises(EnsError, match=r"cosine .* < 1.5 against `ens`.*file not written"):
+        export("student:stu", distilled_workspace, out, sample=2)
+    assert not out.exists() and not list(tmp_path.glob(".bad.pt*"))
+
+
+def test_export_errors(distilled_workspace, tmp_path):
+    with pytest.raises(EnsError, match="expected a .pt file name"):
+        export("student:stu", distilled_workspace, tmp_path / "x.onnx")
+    not_ts = tmp_path / "plain.pt"
+    torch.save({"a": 1}, not_ts)
+    with pytest.raises(EnsError, match="not a TorchScript file"):
+        resolve_model(str(not_ts), distilled_workspace)

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ensemble.cli import main
+from ensemble.errors import EnsError
+from ensemble.pipeline import load_pipeline_cfg, run_pipeline
+from tests.conftest import tiny_recipe
+
+ONE_EPOCH = "stages:\n  - {train: [all], epochs: 1}\n"
+
+
+def write_pipeline(tmp_path, coil_data):
+    a = tiny_recipe(tmp_path, coil_data, name="pa")
+    b = tiny_recipe(tmp_path, coil_data, name="pb")
+    for recipe, seed in ((a, 0), (b, 1)):
+        text = recipe.read_text().split("stages:")[0].replace("seed: 0", f"seed: {seed}")
+        recipe.write_text(text + ONE_EPOCH)
+    (tmp_path / "ens.yaml").write_text("members: [pa, pb]\nfeatures: backbone\npca: 8\nworkers: 0\ndevice: cpu\n")
+    student = tiny_recipe(tmp_path, coil_data, name="ps")
+    student.write_text(student.read_text().split("stages:")[0] + "neck: {dims: [8], dropout: 0.0}\n"
+                       "stages:\n  - {train: [neck], epochs: 1}\n  - {train: [all], epochs: 1}\n")
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text("members: [pa.yaml, pb.yaml]\nensemble: ens.yaml\nstudent: ps.yaml\nmeasure_seconds: 0.2\n"
+                    "workers: 0\n")
+    return pipe
+
+
+def test_pipeline_runs_every_step_and_a_rerun_reuses_them(tmp_path, coil_data):
+    pipe = write_pipeline(tmp_path, coil_data)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["pipeline", str(pipe), "--workdir", str(runs)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((runs / "reports" / "pipeline_pipe.json").read_text())
+    models = [r["model"] for r in summary["rows"]]
+    assert models == ["pa, untrained backbone", "pa", "pb", "ensemble:ens", "student:ps", "export:ps.pt"]
+    for row in summary["rows"][1:]:
+        assert 0 <= row["mP@5"] <= 1 and row["gflops_per_image"] > 0 and row["ms_per_image"] > 0
+    student, exported = summary["rows"][-2:]
+    assert exported["mP@5"] == pytest.approx(student["mP@5"], abs=0.1)
+    assert exported["gflops_per_image"] == student["gflops_per_image"]
+    ens_row = summary["rows"][3]
+    assert ens_row["gflops_per_image"] == pytest.approx(summary["rows"][1]["gflops_per_image"]
+                                                        + summary["rows"][2]["gflops_per_image"], rel=0.01)
+    assert "| ensemble:ens |" in result.output and "GFLOP/image" in result.output
+    stamps = {p: p.stat().st_mtime_ns for p in [runs / "members/pa/best.pt", runs / "members/pb/best.pt",
+                                                runs / "ensemble/ens/reducer.npz", runs / "students/ps/best.pt",
+                                                runs / "exports/ps.pt"]}
+    again = run_pipeline(load_pipeline_cfg(pipe), runs)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained, refitted or re-exported
+    assert [r["mP@5"] for r in again["rows"]] == [r["mP@5"] for r in summary["rows"]]
+
+
+def test_pipeline_config_errors(tmp_path, coil_data):
+    pipe = write_pipeline(tmp_path, coil_data)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(pipe.read_text().replace("pb.yaml", "missing.yaml"))
+    with pytest.raises(EnsError, match=r"bad.yaml: key 'members.1': file not found"):
+        load_pipeline_cfg(bad)
+    bad.write_text(pipe.read_text() + "extra: 1\n")
+    with pytest.raises(EnsError, match="unknown key 'extra'"):
+        load_pipeline_cfg(bad)
+    (tmp_path / "ens.yaml").write_text("members: [pa, other]\npca: 8\n")
+    with pytest.raises(EnsError, match=r"members \['other'\] are not trained by this pipeline"):
+        run_pipeline(load_pipeline_cfg(pipe), tmp_path / "runs")

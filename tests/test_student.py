@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.config.load import load_student_cfg
+from ensemble.data.manifest import read_manifest
+from ensemble.errors import EnsError
+from ensemble.evaluate.run import embed_with, resolve_model
+from ensemble.student import distill, student_dir
+from ensemble.train.checkpoint import load_checkpoint
+from tests.conftest import STUDENT_SETS, tiny_recipe
+
+
+def test_student_learns_the_teacher_embedding_from_cached_targets(distilled_workspace):
+    run = student_dir(distilled_workspace, "stu")
+    meta = json.loads((run / "targets.json").read_text())
+    targets = np.load(run / "targets.npy")
+    assert meta["ensemble"] == "teach" and targets.shape == (meta["rows"], 8) == (24, 8)
+    # the targets are the ensemble's embedding of the distill (= train) images
+    train = read_manifest(distilled_workspace.parent / "train.csv")
+    expected = embed_with(resolve_model("ensemble:teach", distilled_workspace), train, distilled_workspace, workers=0)
+    assert np.allclose(targets, expected, atol=1e-5)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train"] for h in history] == [["neck"], ["all"]]
+    payload = load_checkpoint(run / "best.pt", kind="student_model")
+    assert payload["describe"]["embedding_dim"] == 8 and payload["teacher"]["ensemble"] == "teach"
+
+
+def test_student_resolves_as_a_model_and_embeds_to_64_like_dims(distilled_workspace):
+    model = resolve_model("student:stu", distilled_workspace)
+    assert model.kind == "student" and model.tta.flip is True
+    query = read_manifest(distilled_workspace.parent / "query.csv")
+    feats = embed_with(model, query, distilled_workspace, workers=0)
+    assert feats.shape == (4, 8) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-3)
+
+
+def test_distill_loss_falls_when_training_longer(distilled_workspace, tmp_path):
+    folder = distilled_workspace.parent
+    sets = [s for s in STUDENT_SETS if not s.startswith("stages")]
+    cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="longer"),
+                           [*sets, "stages=[{train: [all], epochs: 6}]", "optim.lr=3e-3"])
+    distill(cfg, distilled_workspace)
+    losses = [json.loads(line)["loss"] for line in
+              (student_dir(distilled_workspace, "longer") / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_student_refuses_a_width_other_than_the_teachers(distilled_workspace):
+    folder = distilled_workspace.parent
+    cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="wide"),
+                           [*STUDENT_SETS, "neck.dims=[16]"])
+    with pytest.raises(EnsError, match="student ends at 16 dims but teacher 'teach' embeds to 8"):
+        distill(cfg, distilled_workspace)
+
+
+def test_student_recipe_errors_are_one_line(tmp_path, coil_data):
+    recipe = tiny_recipe(tmp_path, coil_data, name="s")
+    with pytest.raises(EnsError, match="a 'head' stage needs loss.arcface > 0"):
+        load_student_cfg(recipe)  # tiny_recipe trains [neck, head] first
+    with pytest.raises(EnsError, match="unknown key 'loss.cosin'"):
+        load_student_cfg(recipe, ["loss.cosin=1", "stages=[{train: [all], epochs: 1}]"])
+    cfg = load_student_cfg(recipe, ["teacher=nope", "stages=[{train: [all], epochs: 1}]"])
+    with pytest.raises(EnsError, match="teacher: ensemble 'nope' not found"):
+        distill(cfg, tmp_path / "runs")
+
+
+def test_arcface_term_needs_labels(distilled_workspace, tmp_path):
+    folder = distilled_workspace.parent
+    unlabelled = tmp_path / "unlabelled.csv"
+    rows = (folder / "train.csv").read_text().splitlines()
+    unlabelled.write_text("path\n" + "\n".join(r.split(",")[0] for r in rows[1:]) + "\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"distill: {unlabelled}\nquery: {folder / 'query.csv'}\nindex: {folder / 'index.csv'}\n")
+    cfg = load_student_cfg(tiny_recipe(tmp_path, data, name="arc"), [*STUDENT_SETS, "loss.arcface=1.0"])
+    with pytest.raises(EnsError, match="loss.arcface > 0 needs labels"):
+        distill(cfg, distilled_workspace)
+    # unlabelled images are fine without the arcface term
+    cfg = load_student_cfg(tiny_recipe(tmp_path, data, name="unl"), STUDENT_SETS)
+    distill(cfg, distilled_workspace)
+    assert (student_dir(distilled_workspace, "unl") / "best.pt").is_file()
+
+
+def test_arcface_term_uses_only_labelled_rows():
+    from ensemble.config.schema import DistillLossCfg, HeadCfg
+    from ensemble.losses.margin import build_head
+    from ensemble.models.member import EmbeddingModel
+    from ensemble.tasks.distill import DistillTask
+
+    torch.manual_seed(0)
+    model = EmbeddingModel(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    model.backbone.out_dim = 4
+    targets = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    head = build_head(HeadCfg(), 4, [2, 2])
+    task = DistillTask(model, targets, DistillLossCfg(arcface=2.0), head, HeadCfg())
+    task.set_trainable(["all"])
+    batch = {"images": torch.randn(3, 4), "indices": torch.tensor([0, 4, 5]), "targets": torch.tensor([0, -1, 1])}
+    loss = task.loss(batch)
+    assert set(task.last_terms) == {"cosine", "smooth_l1", "rkd", "arcface"}
+    assert loss.item() == pytest.approx(sum(task.last_terms.values()), rel=1e-5)
+    unlabelled = {**batch, "targets": torch.tensor([-1, -1, -1])}
+    task.loss(unlabelled)
+    assert "arcface" not in task.last_terms

@@ -5,8 +5,9 @@
 Rows: the backbone without training, each CPU member, their plain concatenation and the fused
 ensemble (configs/ensemble/<data>_cpu.yaml); mP@5, recall@1, per-domain mP@5, GFLOPs and measured
 ms per image (flip TTA included). Members are trained first if the workspace lacks them (reused
-otherwise); features are cached in runs/. Writes bench/results/quality.json and BENCHMARKS.md.
-The student and exported-student rows come with the distillation issue.
+otherwise); features are cached in runs/. Then the student (distill/cpu/mnv1_<data>.yaml, distilled
+from that ensemble) and its TorchScript export (runs/exports/), whose row embeds every image by
+running the exported file itself. Writes bench/results/quality.json and BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ensemble.config.load import load_data_cfg, load_member_cfg  # noqa: E402
+from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg  # noqa: E402
 from ensemble.data.manifest import read_manifest  # noqa: E402
 from ensemble.embed.cache import embed_manifest  # noqa: E402
 from ensemble.embed.extract import TTA  # noqa: E402
@@ -36,6 +37,8 @@ from ensemble.fuse.config import ensemble_cfg  # noqa: E402
 from ensemble.fuse.ensemble import fuse  # noqa: E402
 from ensemble.member import train_member  # noqa: E402
 from ensemble.models.member import build_member_model  # noqa: E402
+from ensemble.pipeline import export_or_reuse  # noqa: E402
+from ensemble.student import distill  # noqa: E402
 
 WORKDIR = ROOT / "runs"
 CPU = torch.device("cpu")
@@ -93,7 +96,32 @@ def dataset_rows(data: str) -> list[dict]:
     rows.append(row("plain concatenation", concat.embedders, concat.transform, query, index))
     ens = fuse(ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{data}_cpu.yaml")), WORKDIR)
     rows.append(row(f"fused ensemble (PCA-{ens.description['out_dim']})", ens.embedders, ens.transform, query, index))
+    student_cfg = load_student_cfg(ROOT / "distill" / "cpu" / f"{MEMBERS[data][0]}.yaml")
+    distill(student_cfg, WORKDIR)
+    student = resolve_model(f"student:{student_cfg.name}", WORKDIR)
+    rows.append(row(f"student {student_cfg.name} (distilled)", student.embedders, student.combine, query, index))
+    rows.append(exported_row(export_or_reuse(student_cfg.name, WORKDIR), student.embedders[0], query, index))
     return rows
+
+
+def exported_row(path: Path, student_emb, query, index) -> dict:
+    """The exported file's own embeddings (each image fed whole, uint8); cost as the student's, timed
+    on the TorchScript module with uint8 inputs at the student's size (its resize is then a no-op)."""
+    from ensemble.export import embed_exported, jit_load
+
+    q, x = (embed_exported(path, m, WORKDIR, workers=2) for m in (query, index))
+    report = evaluate_embeddings(q, query.labels, x, index.labels, 5, query.domains)
+    gflops, _ = cost([student_emb])
+    module, size = jit_load(path), student_emb.size_px
+    xb = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
+    with torch.inference_mode():
+        module(xb)
+        start = time.perf_counter()
+        module(xb)
+        ms = (time.perf_counter() - start) / 32 * 1000
+    return {"model": f"exported student ({path.name}, TorchScript)", "dim": int(q.shape[1]),
+            "mP@5": round(report["mP@5"], 4), "recall@1": round(report["recall@1"], 4),
+            "per_domain": report["per_domain"], "gflops_per_image": round(gflops, 2), "ms_per_image": round(ms, 1)}
 
 
 def table(data: str, rows: list[dict]) -> str:
@@ -120,7 +148,7 @@ def main() -> None:
             "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
     head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs index, "
             "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (batch 32). "
-            "Student and exported-student rows: not built yet.")
+            "The exported row runs the TorchScript file on whole decoded images (no DCT draft decoding).")
     body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
     record("quality", {**meta, "results": results}, "Retrieval quality", body)
     print(body)

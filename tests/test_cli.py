@@ -43,3 +43,40 @@ def test_train_member_command_trains_and_prints_table(tmp_path, coil_data):
     assert "| untrained backbone |" in result.output and "| trained, neck |" in result.output
     shown = CliRunner().invoke(main, ["show", "tiny", "--workdir", str(tmp_path / "runs")])
     assert '"embedding_dim": 8' in shown.output and '"image_size": 32' in shown.output
+
+
+@pytest.mark.parametrize("recipe", ["distill/h14_student.yaml", "distill/cpu/mnv1_grocery.yaml",
+                                    "distill/cpu/mnv1_coil20.yaml", "distill/quickstart/sample_student.yaml"])
+def test_every_student_recipe_passes_dry_run(recipe):
+    if "cpu" in recipe:
+        need_shared(MOBILENET_V1)
+    result = CliRunner().invoke(main, ["distill", "--cfg", str(ROOT / recipe), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("student ") and "-> embedding" in result.output and "head" not in result.output
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "grocery_cpu.yaml"])
+def test_pipeline_configs_and_their_recipes_load(config):
+    from ensemble.config.load import load_member_cfg, load_student_cfg
+    from ensemble.fuse.config import ensemble_cfg
+    from ensemble.pipeline import load_pipeline_cfg
+
+    if config == "grocery_cpu.yaml":
+        need_shared(MOBILENET_V1)
+    cfg = load_pipeline_cfg(ROOT / "configs" / "pipelines" / config)
+    names = [load_member_cfg(m).name for m in cfg.members]
+    assert set(ensemble_cfg("runs", str(cfg.ensemble)).members) == set(names)
+    assert load_student_cfg(cfg.student).backbone.init_from in names
+
+
+def test_quickstart_data_is_shipped_small_and_licensed():
+    sample = ROOT / "sample" / "grocery"
+    size_mb = sum(p.stat().st_size for p in sample.rglob("*") if p.is_file()) / 1e6
+    assert size_mb <= 5 and "MIT License" in (sample / "LICENSE").read_text()
+    from ensemble.config.load import load_data_cfg
+    from ensemble.data.manifest import read_manifest
+
+    cfg = load_data_cfg(ROOT / "configs" / "data" / "sample.yaml")
+    train, query = read_manifest(cfg.train), read_manifest(cfg.query)
+    assert all(Path(p).is_file() for p in train.paths + query.paths)
+    assert not set(train.labels) & set(query.labels)  # open set, like GUIE

@@ -108,3 +108,34 @@ def test_sigkill_during_distillation_resumes_to_the_same_student(tmp_path, disti
     a = load_checkpoint(student_dir(ref, "ks") / "best.pt")["model"]
     b = load_checkpoint(kill_dir / "best.pt")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sigkill_during_fusion_leaves_no_ensemble_and_the_rerun_matches(tmp_path, trained_workspace):
+    import shutil
+
+    import numpy as np
+    import yaml
+
+    rows = (trained_workspace.parent / "index.csv").read_text().splitlines()
+    manifest = tmp_path / "fit.csv"
+    manifest.write_text("\n".join([rows[0]] + rows[1:] * 30) + "\n")
+    outputs = {}
+    for name in ("ref", "killed"):
+        runs = tmp_path / name
+        shutil.copytree(trained_workspace / "members" / "tvit", runs / "members" / "tvit")
+        cmd = ens("fuse", "--members", "tvit", "--pca", 4, "--fit-on", manifest, "--name", "k", "--workdir", runs)
+        if name == "killed":
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+            seen = ""
+            while "embed fit.csv" not in seen and proc.poll() is None:
+                seen += proc.stderr.read(1)
+            proc.kill()
+            proc.wait()
+            assert not (runs / "ensemble" / "k" / "ensemble.yaml").exists()
+            assert not (runs / "ensemble" / "k" / "reducer.npz").exists()
+        subprocess.run(cmd, check=True, capture_output=True)
+        folder = runs / "ensemble" / "k"
+        outputs[name] = (yaml.safe_load((folder / "ensemble.yaml").read_text()), np.load(folder / "reducer.npz"))
+    (ref_yaml, ref_npz), (yaml_b, npz_b) = outputs["ref"], outputs["killed"]
+    assert ref_yaml["reducer"] == yaml_b["reducer"] and ref_yaml["fit_on"]["rows"] == 600
+    assert np.allclose(ref_npz["components"], npz_b["components"], atol=1e-4)

@@ -135,10 +135,18 @@ def init_from_member(model: EmbeddingModel, workdir: Path, name: str) -> None:
         raise EnsError(f"backbone.init_from: member {name!r} has no trained model at {path}")
     state = load_checkpoint(path, kind="member_model")["model"]
     model.backbone.resample_pos_embed(state, prefix="backbone.tower.")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or missing:
+    own = model.state_dict()
+    # a neck of another width (e.g. a 32-d student from a 64-d member) starts fresh; the backbone must fit
+    skipped = [k for k in state if k.startswith("neck.") and k in own and state[k].shape != own[k].shape]
+    if skipped:
+        log.info("init_from %s: neck shapes differ, neck not loaded (%s)", name, ", ".join(skipped))
+        state = {k: v for k, v in state.items() if not k.startswith("neck.")}
+    bad = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in bad}, strict=False)
+    missing = [k for k in missing if not (skipped and k.startswith("neck."))]
+    if unexpected or missing or bad:
         raise EnsError(f"backbone.init_from: {name!r} does not fit this architecture "
-                       f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+                       f"(missing {missing[:2]}, unexpected {unexpected[:2]}, other shapes {bad[:2]})")
 
 
 # ---------------------------------------------------------------- training

@@ -102,3 +102,19 @@ def test_arcface_term_uses_only_labelled_rows():
     unlabelled = {**batch, "targets": torch.tensor([-1, -1, -1])}
     task.loss(unlabelled)
     assert "arcface" not in task.last_terms
+
+
+def test_init_from_a_member_with_another_neck_width_loads_the_backbone_only(distilled_workspace, tmp_path):
+    from ensemble.member import init_from_member, load_member_model
+    from ensemble.models.member import build_member_model
+
+    folder = distilled_workspace.parent
+    cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="narrow"), [*STUDENT_SETS, "neck.dims=[4]"])
+    model = build_member_model(cfg)
+    init_from_member(model, distilled_workspace, "vit_a")
+    member, _ = load_member_model(distilled_workspace / "members" / "vit_a" / "best.pt")
+    ours, theirs = model.state_dict(), member.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k.startswith("backbone."))
+    assert ours["neck.1.weight"].shape == (4, 16)
+    with pytest.raises(EnsError, match="'tvit' does not fit this architecture"):
+        init_from_member(build_member_model(cfg), distilled_workspace, "tvit")

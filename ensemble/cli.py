@@ -15,6 +15,29 @@ WORKDIR = click.option("--workdir", default=lambda: os.environ.get("ENS_WORKDIR"
                        type=click.Path(file_okay=False), help="Workspace folder (env ENS_WORKDIR).")
 
 
+NPROC = click.option("--nproc", default=1, show_default=True,
+                     help="Processes, one per GPU (CPU: gloo); same as `torchrun --nproc-per-node N -m ensemble.cli`.")
+
+
+def relaunch(nproc: int) -> None:
+    """Re-run this command under torch.distributed.run with `nproc` processes (unless already inside one)."""
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ensemble.cli", *args]
+    sys.exit(subprocess.call(cmd))
+
+
 class EnsGroup(click.Group):
     """Turns EnsError (and other expected failures) into one line on stderr and exit code 2."""
 
@@ -43,8 +66,9 @@ def main(ctx, debug: bool, verbose: bool) -> None:
 @click.option("--cfg", "cfg_path", required=True, type=click.Path(), help="Member recipe YAML.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; load no weights.")
+@NPROC
 @WORKDIR
-def train_member_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, workdir: str) -> None:
+def train_member_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc: int, workdir: str) -> None:
     """Train one member (resumes from its last checkpoint when rerun)."""
     from .config.load import load_member_cfg
     from .member import format_plan, plan, train_member
@@ -53,8 +77,10 @@ def train_member_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, w
     if dry_run:
         click.echo(format_plan(plan(cfg)))
         return
+    relaunch(nproc)
     result = train_member(cfg, workdir)
-    click.echo(format_member_result(result))
+    if "rank" not in result:
+        click.echo(format_member_result(result))
 
 
 def format_member_result(result: dict) -> str:
@@ -76,6 +102,7 @@ def format_member_result(result: dict) -> str:
 
 
 MODEL_ARG = click.argument("model", required=False)
+
 FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), default=None,
                         help="Member feature to use (default: the member's eval.features).")
 
@@ -87,12 +114,17 @@ FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), d
 @click.option("--tta/--no-tta", default=True, show_default=True, help="Horizontal-flip averaging.")
 @FEATURES
 @click.option("--workers", default=2, show_default=True)
+@NPROC
 @WORKDIR
-def embed_cmd(model, manifest, out, tta, features, workers, workdir):
-    """Embed a manifest with MODEL (member name, `ensemble[:name]`; default: newest ensemble)."""
+def embed_cmd(model, manifest, out, tta, features, workers, nproc, workdir):
+    """Embed a manifest with MODEL (member name, `ensemble[:name]`, `student:<name>`; default: newest ensemble)."""
+    from .distributed import world
     from .evaluate.run import embed_to_file
 
+    relaunch(nproc)
     meta = embed_to_file(model, workdir, manifest, out, tta, features, workers)
+    if not world().main:
+        return
     click.echo(f"wrote {out}: {meta['rows']} x {meta['dim']} ({meta['model']}, tta {meta['tta']})")
 
 
@@ -111,8 +143,8 @@ def embed_cmd(model, manifest, out, tta, features, workers, workdir):
 @WORKDIR
 def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, merge, overrides, workdir):
     """Fuse trained members into one embedding: merge per architecture, concatenate, PCA."""
-    from .fuse.ensemble import fuse
     from .fuse.config import ensemble_cfg
+    from .fuse.ensemble import fuse
 
     cfg = ensemble_cfg(workdir, config_path, list(overrides), members=members, pca=pca, no_pca=no_pca,
                        name=name, fit_on=fit_on, features=features, whiten=whiten, merge=merge)
@@ -134,14 +166,20 @@ def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, 
 @click.option("--out", type=click.Path(), default=None, help="JSON report path (default runs/reports/MODEL.json).")
 @FEATURES
 @click.option("--workers", default=2, show_default=True)
+@click.option("--approx-above", default=2_000_000, show_default=True,
+              help="Index size above which an IVF index replaces exact search (its recall vs exact is reported).")
 @WORKDIR
-def eval_cmd(model, data, query, index, k, out, features, workers, workdir):
+def eval_cmd(model, data, query, index, k, out, features, workers, approx_above, workdir):
     """mP@5 (GUIE), recall@1, mAP@100, per domain, for MODEL; writes JSON, Markdown and PNG."""
     from .evaluate.report import markdown_table
     from .evaluate.run import evaluate
 
-    report = evaluate(model, workdir, data, query, index, k, out, features, workers)
+    report = evaluate(model, workdir, data, query, index, k, out, features, workers, approx_above)
     click.echo(markdown_table([report], k).rstrip())
+    if "search" in report:
+        s = report["search"]
+        click.echo(f"approximate search (IVF-Flat, nlist {s['nlist']}, nprobe {s['nprobe']}): keeps "
+                   f"{s['recall_vs_exact']:.3f} of the exact top-{max(k, 100)} on {s['checked_queries']} queries")
     click.echo("wrote " + ", ".join(report["files"]))
 
 
@@ -150,8 +188,9 @@ def eval_cmd(model, data, query, index, k, out, features, workers, workdir):
               help="Student recipe YAML.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; load no weights.")
+@NPROC
 @WORKDIR
-def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, workdir: str) -> None:
+def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc: int, workdir: str) -> None:
     """Train a student on the fused ensemble's embedding (resumes when rerun)."""
     from .config.load import load_student_cfg
     from .member import format_plan, plan
@@ -161,7 +200,10 @@ def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, workdi
     if dry_run:
         click.echo(format_plan(plan(cfg)).replace("member ", "student ", 1))
         return
+    relaunch(nproc)
     result = distill(cfg, workdir)
+    if "rank" in result:
+        return
     if "student" not in result:
         click.echo(f"student {result['name']}: trained (eval disabled)")
         return
@@ -246,6 +288,21 @@ def data_fetch_cmd(name: str, dest: str, shared: str, data_config: str) -> None:
         click.echo(f"{name}: using {folder} (already here; {data_config} points there)")
     else:
         click.echo(f"{name}: manifests in {folder}; {data_config} now points there")
+
+
+@data_group.command("build")
+@click.argument("config", type=click.Path())
+def data_build_cmd(config: str) -> None:
+    """Merge dataset layouts (manifest, image folder, GLDv2, Products-10K) into one balanced manifest."""
+    from .data.build import build, load_build_cfg
+
+    summary = build(load_build_cfg(config))
+    click.echo(f"wrote {summary['out']}: {summary['rows']:,} rows, {summary['labels']:,} labels "
+               f"({summary['labels_dropped']} labels dropped, {summary['labels_capped']} capped, "
+               f"{summary['rows_repeated']} rows repeated)")
+    for name, c in summary["per_source"].items():
+        click.echo(f"  {name}: {c['images_found']:,} images / {c['labels_found']:,} labels found, "
+                   f"{c['rows']:,} rows / {c['labels']:,} labels kept")
 
 
 @main.command("show")

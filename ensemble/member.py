@@ -17,10 +17,11 @@ from .data.dataset import FailureLog, ImageDataset, collate_skip
 from .data.manifest import read_manifest
 from .data.sampler import ClassBalancedSampler, kept_classes
 from .device import limit_worker_threads, pick_device
-from .errors import EnsError
-from .evaluate.metrics import evaluate_embeddings
+from .distributed import ShardedSampler, per_rank_batch, world
 from .embed.extract import TTA, extract_many
 from .embed.models import model_embedder
+from .errors import EnsError
+from .evaluate.metrics import evaluate_embeddings
 from .losses.margin import build_head
 from .models.member import EmbeddingModel, build_member_model
 from .tasks.classify import ClassifyTask
@@ -178,7 +179,15 @@ def train_data(cfg: MemberCfg) -> TrainData:
 
 
 def loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler):
-    """global epoch -> DataLoader, seeded so that a resumed epoch sees the same batches and augmentations."""
+    """global epoch -> DataLoader, seeded so that a resumed epoch sees the same batches and augmentations.
+
+    In a multi-process run each rank loads its shard of the epoch with batch_size / world size.
+    """
+    w = world()
+    batch_size = per_rank_batch(cfg.optim.batch_size, w)
+    if w.size > 1:
+        sampler = ShardedSampler(sampler, w)
+
     def seed_worker(worker_id: int) -> None:
         limit_worker_threads(worker_id)
         dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
@@ -187,9 +196,9 @@ def loader_factory(cfg: MemberCfg, dataset: ImageDataset, sampler):
         sampler.set_epoch(global_epoch)
         if cfg.loader.workers == 0:
             dataset.transform.set_random_seed(cfg.seed * 1000 + global_epoch)
-        return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=cfg.loader.workers,
-                          collate_fn=collate_skip, worker_init_fn=seed_worker, drop_last=len(sampler) > cfg.optim.batch_size,
-                          generator=torch.Generator().manual_seed(cfg.seed * 1000 + global_epoch))
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.loader.workers,
+                          collate_fn=collate_skip, worker_init_fn=seed_worker, drop_last=len(sampler) > batch_size,
+                          generator=torch.Generator().manual_seed(cfg.seed * 1000 + global_epoch + 7919 * w.rank))
 
     return make_loader
 
@@ -212,8 +221,10 @@ def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
         check_same_recipe(model_path, load_checkpoint(model_path, kind="member_model")["recipe_key"], key)
         log.info("member %s is already trained; reusing %s", cfg.name, model_path)
         return evaluate_member(cfg, run_dir)
+    w = world()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
+    if w.main:
+        atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
     torch.manual_seed(cfg.seed)  # neck/head initialisation is part of the seeded run
     task = build_member_task(cfg, data, workdir)
     size = task.model.backbone.image_size
@@ -228,6 +239,8 @@ def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
                    extra={"labels": data.classes})
     Trainer(task, spec).fit()
     fails.check(final=True)
+    if not w.main:  # rank 0 saves and evaluates
+        return {"name": cfg.name, "rank": w.rank}
     task.model.cpu()
     save_model(model_path, task.model, cfg, key, labels=data.classes, train_manifest_sha1=data.sha1,
                failed_images=fails.failed)

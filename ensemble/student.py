@@ -24,6 +24,7 @@ from .data.dataset import FailureLog, ImageDataset
 from .data.manifest import Manifest, read_manifest
 from .data.sampler import ShuffleSampler
 from .device import pick_device
+from .distributed import barrier, world
 from .errors import EnsError
 from .losses.margin import build_head
 from .member import MODEL_FILE, evaluate_model, init_from_member, load_member_model, loader_factory, save_model
@@ -82,11 +83,14 @@ def teacher_targets(cfg: StudentCfg, workdir: str | Path, manifest: Manifest, ru
         return np.load(path), info
     log.info("computing teacher targets with ensemble %s on %d images", name, len(manifest))
     model = resolve_model(f"ensemble:{name}", workdir)
-    targets = embed_with(model, manifest, workdir, workers=cfg.loader.workers)
-    buffer = io.BytesIO()
-    np.save(buffer, targets)
-    atomic_write_bytes(path, buffer.getvalue())
-    atomic_write_text(meta_path, json.dumps(info))  # written last: names the finished targets
+    targets = embed_with(model, manifest, workdir, workers=cfg.loader.workers)  # sharded across ranks
+    w = world()
+    if w.main:
+        buffer = io.BytesIO()
+        np.save(buffer, targets)
+        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_text(meta_path, json.dumps(info))  # written last: names the finished targets
+    barrier(w)
     return targets, info
 
 
@@ -161,6 +165,7 @@ def fit_neck(model, data: DistillData, cfg: StudentCfg) -> None:
 def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
     """Train (or resume, or reuse) the student of `cfg`; returns its summary with eval."""
     workdir, run_dir = Path(workdir), student_dir(workdir, cfg.name)
+    w = world()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = distill_data(cfg, workdir, run_dir)
     key = recipe_key(cfg, data)
@@ -169,7 +174,8 @@ def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
         check_same_recipe(model_path, load_checkpoint(model_path, kind="student_model")["recipe_key"], key)
         log.info("student %s is already trained; reusing %s", cfg.name, model_path)
         return evaluate_student(cfg, run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
+    if w.main:
+        atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
     torch.manual_seed(cfg.seed)
     task = build_distill_task(cfg, data, workdir)
     size = task.model.backbone.image_size
@@ -184,6 +190,8 @@ def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
                    extra={"teacher": data.teacher_info})
     Trainer(task, spec).fit()
     fails.check(final=True)
+    if not w.main:  # rank 0 saves and evaluates
+        return {"name": cfg.name, "rank": w.rank}
     task.model.cpu()
     save_model(model_path, task.model, cfg, key, kind="student_model", teacher=data.teacher_info,
                distill_manifest_sha1=data.manifest.sha1, failed_images=fails.failed)

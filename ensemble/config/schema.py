@@ -255,3 +255,30 @@ class PipelineCfg(Strict):
     hours: float = Field(9.0, gt=0)
     measure_seconds: float = Field(5.0, gt=0)  # per model, for the ms/image column
     workers: int = Field(2, ge=0)
+
+
+class SourceCfg(Strict):
+    """One dataset for `ens data build`: its layout (`kind`) and where it is."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # prefixes its labels: "<name>:<label>"
+    kind: Literal["manifest", "folder", "gldv2", "products10k"]
+    csv: Path | None = None  # manifest / gldv2 train.csv / products10k train.csv
+    images: Path | None = None  # image root (folder: one sub-folder per label)
+    domain: str | None = None  # default: the manifest's domain column, else the source name
+
+    @model_validator(mode="after")
+    def _check_paths(self):
+        if self.kind in ("manifest", "gldv2", "products10k") and self.csv is None:
+            raise ValueError(f"kind {self.kind} needs `csv`")
+        if self.kind in ("folder", "gldv2", "products10k") and self.images is None:
+            raise ValueError(f"kind {self.kind} needs `images`")
+        return self
+
+
+class BuildCfg(Strict):
+    """`ens data build`: merge sources into one label space, balance, write one manifest + summary."""
+
+    out: Path
+    sources: list[SourceCfg] = Field(min_length=1)
+    balance: SamplerCfg = Field(default_factory=SamplerCfg)
+    seed: int = 0

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import Manifest
+from ..distributed import world
 from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from .extract import TTA, Embedder, extract_many
 
@@ -61,10 +62,11 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
     if missing:
         computed = extract_many([embedders[i] for i in missing], manifest.paths, device, tta, batch_size, workers,
                                 max_fail_ratio, desc=f"embed {manifest.source.name}")
+        main = world().main
         for i, feats in zip(missing, computed, strict=True):
-            if use_cache:
+            if use_cache and main:  # every rank holds the gathered features; one writes them
                 _store(paths[i], feats, embedders[i], manifest, tta)
-            if use_cache and mmap:
+            if use_cache and mmap and main:
                 found[i] = _load(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
             else:
                 found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.augment import to_uint8_tensor
 from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..device import limit_worker_threads, memory_format
+from ..distributed import gather_rows, world
 from ..models.preprocess import Preprocess
 
 
@@ -97,13 +98,16 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     specs = sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
     index_of = {spec: i for i, spec in enumerate(specs)}
     draft = max(s[0] for s in specs) if jpeg_draft else None
-    dataset = ImageDataset(paths, [0] * len(paths), MultiTransform(specs), draft_px=draft)
+    w = world()
+    mine = np.arange(len(paths))[w.rank::w.size]  # a multi-process run shards the rows, then gathers them
+    shard = [paths[i] for i in mine]
+    dataset = ImageDataset(shard, [0] * len(shard), MultiTransform(specs), draft_px=draft)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
                         worker_init_fn=limit_worker_threads)
-    fails = FailureLog(paths, max_fail_ratio)
-    outputs = [np.zeros((len(paths), e.out_dim), np.float32) for e in embedders]
+    fails = FailureLog(shard, max_fail_ratio)
+    outputs = [np.zeros((len(shard), e.out_dim), np.float32) for e in embedders]
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False):
+        for batch in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not w.main):
             fails.update(batch)
             if batch["images"] is None:
                 continue
@@ -112,4 +116,4 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
                 views = [batch["images"][index_of[v]].to(device) for v in emb.views(list(tta.extra_sizes))]
                 out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name), normalize).cpu().numpy()
     fails.check(final=True)
-    return outputs
+    return [gather_rows(out, mine, len(paths), w) for out in outputs]

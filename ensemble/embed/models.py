@@ -83,5 +83,5 @@ def embedder_from_file(path: Path, name: str, kind: str, features: str | None, d
     return model_embedder(model, name, file_sha1(path), arch, features, device,
                           size_px=cfg["eval"]["image_size"], channels_last=cfg["backbone"]["channels_last"],
                           info={"checkpoint": str(path), "train_manifest_sha1": payload.get("train_manifest_sha1"),
-                                "data": cfg["data"], "flip_tta": cfg["eval"]["flip_tta"], "model": model, "features": features, "config": cfg,
-                                "describe": payload["describe"]})
+                                "data": cfg["data"], "flip_tta": cfg["eval"]["flip_tta"], "model": model,
+                                "features": features, "config": cfg, "describe": payload["describe"]})

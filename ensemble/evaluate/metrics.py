@@ -17,6 +17,39 @@ def knn(query: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
     return neighbors
 
 
+def approx_knn(query: np.ndarray, index: np.ndarray, k: int, nprobe: int = 32, check_queries: int = 200,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+    """k-NN through a faiss IVF-Flat index (nlist ~ 4 sqrt(N)), plus the recall@k it keeps against
+    exact search on a sample of queries (the sample is searched exactly, which is cheap)."""
+    import faiss
+
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    index = np.ascontiguousarray(index, dtype=np.float32)
+    n, dim = index.shape
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+    rng = np.random.default_rng(seed)
+    train = index[rng.choice(n, min(n, 256 * nlist), replace=False)]
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+    ivf.train(train)
+    ivf.add(index)
+    ivf.nprobe = min(nprobe, nlist)
+    k = min(k, n)
+    _, neighbors = ivf.search(query, k)
+    sample = rng.choice(len(query), min(len(query), check_queries), replace=False)
+    exact = knn(query[sample], index, k)
+    kept = np.mean([len(set(a) & set(b)) / k for a, b in zip(neighbors[sample], exact, strict=True)])
+    return neighbors, {"type": "ivf_flat", "nlist": nlist, "nprobe": ivf.nprobe, "recall_vs_exact": float(kept),
+                       "checked_queries": int(len(sample))}
+
+
+def search(query: np.ndarray, index: np.ndarray, k: int, approx_above: int | None = None,
+           nprobe: int = 32) -> tuple[np.ndarray, dict]:
+    """Exact search, or IVF above `approx_above` index rows (with its measured recall vs exact)."""
+    if approx_above is not None and len(index) > approx_above:
+        return approx_knn(query, index, k, nprobe)
+    return knn(query, index, k), {"type": "exact"}
+
+
 def precision_at(rel: np.ndarray, n_q: int, k: int) -> float:
     """GUIE P@k of one query: hits in the top min(n_q, k), divided by min(n_q, k)."""
     cut = min(n_q, k)
@@ -51,10 +84,14 @@ def retrieval_metrics(neighbors: np.ndarray, query_labels, index_labels, k: int 
             "queries": len(scores), "excluded_queries": len(excluded)}
 
 
-def evaluate_embeddings(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=None, map_k: int = 100) -> dict:
-    """Overall metrics plus mP@k per query domain (neighbours from one exact search)."""
-    neighbors = knn(q_emb, i_emb, max(k, map_k))
+def evaluate_embeddings(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=None, map_k: int = 100,
+                        approx_above: int | None = None) -> dict:
+    """Overall metrics plus mP@k per query domain (neighbours from one search: exact unless the
+    index has more than `approx_above` rows)."""
+    neighbors, how = search(q_emb, i_emb, max(k, map_k), approx_above)
     report = retrieval_metrics(neighbors, q_labels, i_labels, k, map_k)
+    if how["type"] != "exact":
+        report["search"] = how
     if q_domains is not None:
         domains, q_labels = np.asarray(q_domains), np.asarray(q_labels)
         report["per_domain"] = {

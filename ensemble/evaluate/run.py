@@ -13,6 +13,7 @@ import numpy as np
 from ..config.load import load_data_cfg
 from ..data.manifest import Manifest, read_manifest
 from ..device import pick_device
+from ..distributed import device_for, world
 from ..embed.cache import embed_manifest
 from ..embed.extract import TTA, Embedder
 from ..embed.models import load_member_embedder, load_student_embedder
@@ -20,6 +21,8 @@ from ..errors import EnsError
 from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from .metrics import evaluate_embeddings, knn
 from .report import write_markdown, write_png
+
+APPROX_ABOVE = 2_000_000  # index rows above which eval searches an IVF index (exact 2M x 5k: ~27 s here)
 
 
 @dataclass
@@ -68,7 +71,7 @@ def embed_with(model: ResolvedModel, manifest: Manifest, workdir, tta: TTA | Non
     """The model's embedding of every manifest row (member features cached in the workspace)."""
     if model.embed_fn is not None:
         return model.embed_fn(manifest, Path(workdir), workers)
-    device = pick_device("auto")
+    device = device_for(world(), pick_device("auto"))
     feats = embed_manifest(model.embedders, manifest, workdir, device, tta or model.tta, batch_size, workers)
     return model.combine(feats).astype(np.float32)
 
@@ -90,13 +93,14 @@ def eval_manifests(data: str | None, query: str | None, index: str | None, defau
 
 def evaluate(spec: str | None, workdir: str | Path, data: str | None = None, query: str | None = None,
              index: str | None = None, k: int = 5, out: str | Path | None = None, features: str | None = None,
-             workers: int = 2) -> dict:
+             workers: int = 2, approx_above: int | None = APPROX_ABOVE) -> dict:
     """Score MODEL on query vs index; write JSON, Markdown and a PNG of example queries."""
     model = resolve_model(spec, workdir, features)
     q_manifest, i_manifest = eval_manifests(data, query, index, model.data)
     q = embed_with(model, q_manifest, workdir, workers=workers)
     x = embed_with(model, i_manifest, workdir, workers=workers)
-    report = evaluate_embeddings(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains)
+    report = evaluate_embeddings(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains,
+                                 approx_above=approx_above)
     report.update(model=model.name, kind=model.kind, dim=int(q.shape[1]), query=str(q_manifest.source),
                   index=str(i_manifest.source), k=k, tta=model.tta.describe())
     out = Path(out) if out else Path(workdir) / "reports" / f"{model.name.replace(':', '_')}.json"
@@ -114,12 +118,14 @@ def embed_to_file(spec: str | None, workdir, manifest: str, out: str | Path, tta
     model = resolve_model(spec, workdir, features)
     rows = read_manifest(manifest, require_label=False)
     tta_used = model.tta if tta else TTA(flip=False)
-    feats = embed_with(model, rows, workdir, tta_used, workers)
+    feats = embed_with(model, rows, workdir, tta_used, workers)  # sharded across ranks under torchrun
     out = Path(out)
+    meta = {"model": model.name, "manifest": str(rows.source), "manifest_sha1": rows.sha1,
+            "rows": int(feats.shape[0]), "dim": int(feats.shape[1]), "tta": tta_used.describe()}
+    if not world().main:
+        return meta
     buffer = io.BytesIO()
     np.save(buffer, feats)
     atomic_write_bytes(out, buffer.getvalue())
-    meta = {"model": model.name, "manifest": str(rows.source), "manifest_sha1": rows.sha1,
-            "rows": int(feats.shape[0]), "dim": int(feats.shape[1]), "tta": tta_used.describe()}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
     return meta

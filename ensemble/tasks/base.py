@@ -15,6 +15,10 @@ class Task(nn.Module):
     def loss(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The loss: DistributedDataParallel wraps `forward`, so the loop calls the task itself."""
+        return self.loss(batch)
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called with the global epoch index before each epoch (e.g. margin schedules)."""
 

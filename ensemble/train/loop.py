@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..config.schema import OptimCfg, StageCfg
 from ..device import autocast_dtype, memory_format
+from ..distributed import barrier, device_for, world
 from ..errors import EnsError
 from ..tasks.base import Task
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
@@ -81,11 +82,14 @@ class Trainer:
     """Runs the stages of a `RunSpec` on a task; resumes from `run_dir/last.pt`."""
 
     def __init__(self, task: Task, spec: RunSpec):
+        self.world = world()
+        self.device = device_for(self.world, spec.device)
         self.fmt = memory_format(spec.channels_last)
-        self.task, self.spec = task.to(spec.device, memory_format=self.fmt), spec
+        self.task, self.spec = task.to(self.device, memory_format=self.fmt), spec
+        self.net: torch.nn.Module = self.task  # the task, or its DistributedDataParallel wrapper
         self.last_path = spec.run_dir / "last.pt"
         self.metrics_path = spec.run_dir / "metrics.jsonl"
-        self.dtype = autocast_dtype(spec.device, spec.optim.precision)
+        self.dtype = autocast_dtype(self.device, spec.optim.precision)
         self.history: list[dict] = []  # one record per finished epoch, saved inside the checkpoint
 
     def _resume_point(self) -> tuple[int, int, dict | None]:
@@ -107,8 +111,17 @@ class Trainer:
             resume = ckpt if si == start_stage and start_epoch > 0 else None
             self._run_stage(si, stage, start_epoch if resume else 0, int(offsets[si]), resume)
 
+    def _wrap(self) -> None:
+        """DDP over the parameters that learn in this stage (rebuilt per stage: the set changes)."""
+        if self.world.size == 1:
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # find_unused_parameters: a batch may leave a part unused (e.g. ArcFace on unlabelled rows)
+        self.net = torch.nn.parallel.DistributedDataParallel(self.task, device_ids=ids, find_unused_parameters=True)
+
     def _run_stage(self, si: int, stage: StageCfg, first_epoch: int, offset: int, resume: dict | None) -> None:
         self.task.set_trainable(stage.train)
+        self._wrap()
         optimizer = build_optimizer(param_groups(self.task.parts(), self.task.trainable, self.spec.optim, stage),
                                     self.spec.optim)
         steps = self._steps_per_epoch(offset)
@@ -120,9 +133,11 @@ class Trainer:
             scaler.load_state_dict(resume["scaler"])
         for epoch in range(first_epoch, stage.epochs):
             self.history.append(self._run_epoch(si, stage, epoch, offset + epoch, optimizer, scheduler, scaler))
-            self._save(si, epoch + 1, optimizer, scheduler, scaler)
-            # rewritten from the checkpoint's history, so a kill never leaves a missing or doubled line
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+            if self.world.main:
+                self._save(si, epoch + 1, optimizer, scheduler, scaler)
+                # rewritten from the checkpoint's history, so a kill never leaves a missing or doubled line
+                atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+            barrier(self.world)
 
     def _steps_per_epoch(self, global_epoch: int) -> int:
         loader = self.spec.make_loader(global_epoch)
@@ -134,7 +149,7 @@ class Trainer:
         self.task.train()
         loader = self.spec.make_loader(global_epoch)
         desc = f"stage {si + 1}/{len(self.spec.stages)} [{'+'.join(stage.train)}] epoch {epoch + 1}/{stage.epochs}"
-        bar = tqdm(loader, desc=desc, dynamic_ncols=True, leave=False)
+        bar = tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not self.world.main)
         totals = {"loss": 0.0, "batches": 0, "images": 0, "skipped": 0}
         lrs = {g["tag"]: g["lr"] for g in optimizer.param_groups}
         started = time.perf_counter()
@@ -159,12 +174,12 @@ class Trainer:
         return record
 
     def _step(self, batch, i, n_batches, optimizer, scheduler, scaler, where) -> float | None:
-        device, accum = self.spec.device, self.spec.optim.accum_steps
+        device, accum = self.device, self.spec.optim.accum_steps
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch["images"] = batch["images"].contiguous(memory_format=self.fmt)
         with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            loss = self.task.loss(batch)
-        if not torch.isfinite(loss):
+            loss = self.net(batch)
+        if not self._all_finite(loss):
             return self._nonfinite(loss, i, optimizer, where)
         scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == n_batches:
@@ -177,6 +192,13 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
         return float(loss.detach())
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Every rank decides together: one rank's NaN stops (or skips the step on) all of them."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.world.size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return not bool(bad)
 
     def _nonfinite(self, loss, i, optimizer, where) -> None:
         message = f"non-finite loss ({float(loss.detach())}) at stage {where[0] + 1} epoch {where[1] + 1} step {i + 1}"

@@ -42,3 +42,22 @@ def test_per_domain_scores():
     report = evaluate_embeddings(query, ["a", "b", "x"], index, ["a", "b", "c"], k=5, q_domains=["d1", "d1", "d2"])
     assert report["per_domain"]["d1"] == 1.0 and np.isnan(report["per_domain"]["d2"])
     assert report["excluded_queries"] == 1
+
+
+def test_approximate_search_reports_its_recall_against_exact():
+    from ensemble.evaluate.metrics import evaluate_embeddings, search
+
+    rng = np.random.default_rng(0)
+    index = rng.standard_normal((4000, 16)).astype(np.float32)
+    query = index[:50] + 0.01 * rng.standard_normal((50, 16)).astype(np.float32)
+    exact, how = search(query, index, 5, approx_above=None)
+    assert how == {"type": "exact"}
+    approx, how = search(query, index, 5, approx_above=1000, nprobe=1)
+    assert how["type"] == "ivf_flat" and how["nlist"] == 102 and how["checked_queries"] == 50
+    measured = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(approx, exact)])
+    assert how["recall_vs_exact"] == pytest.approx(measured) and 0 < measured < 1  # one list of 102 misses some
+    _, full = search(query, index, 5, approx_above=1000, nprobe=102)
+    assert full["recall_vs_exact"] == 1.0  # probing every list is exact
+    labels = [str(i) for i in range(4000)]
+    report = evaluate_embeddings(query, labels[:50], index, labels, approx_above=1000)
+    assert report["search"]["type"] == "ivf_flat" and report["mP@5"] > 0.9

@@ -37,7 +37,7 @@ from ensemble.fuse.config import ensemble_cfg  # noqa: E402
 from ensemble.fuse.ensemble import fuse  # noqa: E402
 from ensemble.member import train_member  # noqa: E402
 from ensemble.models.member import build_member_model  # noqa: E402
-from ensemble.pipeline import export_or_reuse  # noqa: E402
+from ensemble.pipeline import export_or_reuse, fuse_or_reuse  # noqa: E402
 from ensemble.student import distill  # noqa: E402
 
 WORKDIR = ROOT / "runs"
@@ -94,7 +94,7 @@ def dataset_rows(data: str) -> list[dict]:
     concat = fuse(ensemble_cfg(WORKDIR, None, members=",".join(MEMBERS[data]), no_pca=True, features="backbone",
                                name=f"{data}_concat"), WORKDIR)
     rows.append(row("plain concatenation", concat.embedders, concat.transform, query, index))
-    ens = fuse(ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{data}_cpu.yaml")), WORKDIR)
+    ens = fuse_or_reuse(ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{data}_cpu.yaml")), WORKDIR)
     rows.append(row(f"fused ensemble (PCA-{ens.description['out_dim']})", ens.embedders, ens.transform, query, index))
     student_cfg = load_student_cfg(ROOT / "distill" / "cpu" / f"{MEMBERS[data][0]}.yaml")
     distill(student_cfg, WORKDIR)

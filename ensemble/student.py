@@ -61,14 +61,20 @@ def distill_manifest(cfg: StudentCfg) -> Manifest:
 
 
 def teacher_fingerprint(workdir: str | Path, teacher: str | None) -> tuple[str, str]:
-    """(ensemble name, sha1 of its ensemble.yaml): the yaml names member checkpoints and the reducer."""
+    """(ensemble name, sha1 of what defines its embedding): member checkpoint hashes, grouping,
+    features, TTA and the reducer's hash -- not paths, so a refit of the same ensemble keeps it."""
+    import yaml
+
     from .fuse.ensemble import ensemble_dir, newest_ensemble
 
     name = teacher or newest_ensemble(workdir)
     path = ensemble_dir(workdir, name) / "ensemble.yaml"
     if not path.is_file():
         raise EnsError(f"teacher: ensemble {name!r} not found at {path} (run `ens fuse` first)")
-    return name, hashlib.sha1(path.read_bytes()).hexdigest()
+    d = yaml.safe_load(path.read_text())
+    defining = {"members": [m["key"] for m in d["members"]], "groups": d["groups"], "features": d["features"],
+                "tta": d["tta"], "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1")}
+    return name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
 
 def teacher_targets(cfg: StudentCfg, workdir: str | Path, manifest: Manifest, run_dir: Path) -> tuple[np.ndarray, dict]:
@@ -76,7 +82,7 @@ def teacher_targets(cfg: StudentCfg, workdir: str | Path, manifest: Manifest, ru
     from .evaluate.run import embed_with, resolve_model
 
     name, sha1 = teacher_fingerprint(workdir, cfg.teacher)
-    info = {"ensemble": name, "ensemble_yaml_sha1": sha1, "manifest": str(manifest.source),
+    info = {"ensemble": name, "ensemble_sha1": sha1, "manifest": str(manifest.source),
             "manifest_sha1": manifest.sha1, "rows": len(manifest)}
     path, meta_path = run_dir / "targets.npy", run_dir / "targets.json"
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == info:
@@ -110,7 +116,7 @@ def recipe_key(cfg: StudentCfg, data: DistillData) -> dict:
     key = cfg.model_dump(mode="json", exclude={"loader": True, "eval": True, "device": True, "name": True,
                                                 "data": True, "teacher": True, "backbone": {"channels_last"}})
     key["distill_manifest_sha1"] = data.manifest.sha1
-    key["teacher_yaml_sha1"] = data.teacher_info["ensemble_yaml_sha1"]
+    key["teacher_sha1"] = data.teacher_info["ensemble_sha1"]
     return key
 
 

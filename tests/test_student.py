@@ -118,3 +118,20 @@ def test_init_from_a_member_with_another_neck_width_loads_the_backbone_only(dist
     assert ours["neck.1.weight"].shape == (4, 16)
     with pytest.raises(EnsError, match="'tvit' does not fit this architecture"):
         init_from_member(build_member_model(cfg), distilled_workspace, "tvit")
+
+
+def test_teacher_identity_survives_a_refit_but_not_a_new_reducer(distilled_workspace, tmp_path):
+    import shutil
+
+    from ensemble.config.schema import EnsembleCfg
+    from ensemble.fuse.ensemble import fuse
+    from ensemble.student import teacher_fingerprint
+
+    runs = tmp_path / "runs"
+    shutil.copytree(distilled_workspace / "members", runs / "members")
+    cfg = {"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone", "pca": 8, "fit_on": "index",
+           "workers": 0, "device": "cpu"}
+    fuse(EnsembleCfg.model_validate(cfg), runs)  # same ensemble, another workspace path
+    assert teacher_fingerprint(runs, "teach") == teacher_fingerprint(distilled_workspace, "teach")
+    fuse(EnsembleCfg.model_validate({**cfg, "pca": 6}), runs)
+    assert teacher_fingerprint(runs, "teach")[1] != teacher_fingerprint(distilled_workspace, "teach")[1]

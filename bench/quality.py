@@ -20,6 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,17 @@ CPU = torch.device("cpu")
 MEMBERS = {"grocery": ["mnv1_grocery", "mnv2_grocery"], "coil20": ["mnv1_coil20", "mnv2_coil20"]}
 
 
+def median_seconds(fn, min_seconds: float = 3.0) -> float:
+    """Median wall time of fn() over repeats filling `min_seconds`, after one warm-up call."""
+    fn()
+    times, started = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - started < min_seconds:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def cost(embedders, flip: bool = True, batch: int = 32) -> tuple[float, float]:
     """(GFLOPs, ms) per image for running every embedder (both flips) on one image."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -58,10 +70,7 @@ def cost(embedders, flip: bool = True, batch: int = 32) -> tuple[float, float]:
         flops += views * counter.get_total_flops()
         xb = torch.randn(batch, 3, emb.size_px, emb.size_px).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            emb.fn(xb)
-            start = time.perf_counter()
-            emb.fn(xb)
-            seconds += views * (time.perf_counter() - start) / batch
+            seconds += views * median_seconds(lambda: emb.fn(xb)) / batch
     return flops / 1e9, seconds * 1000
 
 
@@ -115,10 +124,7 @@ def exported_row(path: Path, student_emb, query, index) -> dict:
     module, size = jit_load(path), student_emb.size_px
     xb = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
     with torch.inference_mode():
-        module(xb)
-        start = time.perf_counter()
-        module(xb)
-        ms = (time.perf_counter() - start) / 32 * 1000
+        ms = median_seconds(lambda: module(xb)) / 32 * 1000
     return {"model": f"exported student ({path.name}, TorchScript)", "dim": int(q.shape[1]),
             "mP@5": round(report["mP@5"], 4), "recall@1": round(report["recall@1"], 4),
             "per_domain": report["per_domain"], "gflops_per_image": round(gflops, 2), "ms_per_image": round(ms, 1)}
@@ -147,7 +153,8 @@ def main() -> None:
     meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
             "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
     head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs index, "
-            "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (batch 32). "
+            "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (median batch of 32 "
+            "over >= 3 s; the exported row includes its resize). "
             "The exported row runs the TorchScript file on whole decoded images (no DCT draft decoding).")
     body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
     record("quality", {**meta, "results": results}, "Retrieval quality", body)

@@ -306,14 +306,24 @@ def data_build_cmd(config: str) -> None:
 
 
 @main.command("show")
-@click.argument("member")
+@click.argument("model")
 @WORKDIR
-def show_cmd(member: str, workdir: str) -> None:
-    """Print a trained member's self-description (architecture, image size, mean/std, dims)."""
+def show_cmd(model: str, workdir: str) -> None:
+    """Print a trained member's, `student:<name>`'s or an exported file's self-description."""
     from .member import MODEL_FILE, member_dir
     from .train.checkpoint import load_checkpoint
 
-    payload = load_checkpoint(member_dir(workdir, member) / MODEL_FILE, kind="member_model")
+    if model.endswith(".pt"):
+        from .export import read_export_meta
+
+        click.echo(json.dumps(read_export_meta(model), indent=2))
+        return
+    if model.startswith("student:"):
+        from .student import student_dir
+
+        payload = load_checkpoint(student_dir(workdir, model.partition(":")[2]) / MODEL_FILE, kind="student_model")
+    else:
+        payload = load_checkpoint(member_dir(workdir, model) / MODEL_FILE, kind="member_model")
     click.echo(json.dumps(payload["describe"], indent=2))
 
 

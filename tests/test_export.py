@@ -89,3 +89,18 @@ def test_export_errors(distilled_workspace, tmp_path):
     torch.save({"a": 1}, not_ts)
     with pytest.raises(EnsError, match="not a TorchScript file"):
         resolve_model(str(not_ts), distilled_workspace)
+
+
+def test_show_describes_students_and_exported_files(distilled_workspace, tmp_path):
+    from click.testing import CliRunner
+
+    from ensemble.cli import main
+
+    out = tmp_path / "s.pt"
+    export("student:stu", distilled_workspace, out, sample=2)
+    shown = CliRunner().invoke(main, ["show", "student:stu", "--workdir", str(distilled_workspace)])
+    assert shown.exit_code == 0 and json.loads(shown.output)["embedding_dim"] == 8
+    shown = CliRunner().invoke(main, ["show", str(out)])
+    assert shown.exit_code == 0 and json.loads(shown.output)["model"] == "student:stu"
+    missing = CliRunner().invoke(main, ["show", "student:none", "--workdir", str(distilled_workspace)])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")

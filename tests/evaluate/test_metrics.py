@@ -53,10 +53,10 @@ def test_approximate_search_reports_its_recall_against_exact():
     exact, how = search(query, index, 5, approx_above=None)
     assert how == {"type": "exact"}
     approx, how = search(query, index, 5, approx_above=1000, nprobe=1)
-    assert how["type"] == "ivf_flat" and how["nlist"] == 102 and how["checked_queries"] == 50
+    assert how["type"] == "ivf_flat" and how["nlist"] == 63 and how["checked_queries"] == 50
     measured = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(approx, exact)])
-    assert how["recall_vs_exact"] == pytest.approx(measured) and 0 < measured < 1  # one list of 102 misses some
-    _, full = search(query, index, 5, approx_above=1000, nprobe=102)
+    assert how["recall_vs_exact"] == pytest.approx(measured) and 0 < measured < 1  # one list of 63 misses some
+    _, full = search(query, index, 5, approx_above=1000, nprobe=63)
     assert full["recall_vs_exact"] == 1.0  # probing every list is exact
     labels = [str(i) for i in range(4000)]
     report = evaluate_embeddings(query, labels[:50], index, labels, approx_above=1000)

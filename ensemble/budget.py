@@ -93,14 +93,8 @@ def branches_for(spec: str | None, workdir: str | Path, recipes: str | Path = "m
     return model.name, out
 
 
-def measure_img_per_s(spec: str, workdir: str | Path, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
-    """Images/s of the exported-form module (resize + flips + merge + PCA) on uint8 640x480 inputs."""
-    from .device import pick_device
-    from .export import build_module
-
-    module, _ = build_module(spec, workdir)
-    device = pick_device("auto")
-    module = module.to(device).eval()
+def time_module(module, device: torch.device, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
+    """(images/s, device name) of `module` on uint8 640x480 batches, after one warm-up call."""
     x = torch.randint(0, 256, (batch, 3, 480, 640), dtype=torch.uint8, device=device)
     with torch.inference_mode():
         module(x)  # warm-up
@@ -112,6 +106,16 @@ def measure_img_per_s(spec: str, workdir: str | Path, batch: int = 8, seconds: f
             torch.cuda.synchronize()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
     return done / (time.perf_counter() - started), name
+
+
+def measure_img_per_s(spec: str, workdir: str | Path, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
+    """Images/s of the exported-form module (resize + flips + merge + PCA) on uint8 640x480 inputs."""
+    from .device import pick_device
+    from .export import build_module
+
+    module, _ = build_module(spec, workdir)
+    device = pick_device("auto")
+    return time_module(module.to(device).eval(), device, batch, seconds)
 
 
 def project(gflops_per_image: float, images: int, utilization: float) -> dict[str, float]:

@@ -1,4 +1,8 @@
-"""Embeddings cached in the workspace, keyed by model checkpoint content + manifest content + TTA."""
+"""Embeddings cached in the workspace, keyed by model checkpoint content + manifest content + TTA.
+
+Each cache file lists its image paths beside it (`<key>.paths`), so a new manifest that shares images
+with cached ones (e.g. a distill set = train + index) extracts only the images not seen before.
+"""
 
 from __future__ import annotations
 
@@ -42,16 +46,45 @@ def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta
     buffer = io.BytesIO()
     np.save(buffer, feats.astype(np.float16))  # half the disk; cosine error ~1e-4
     atomic_write_bytes(path, buffer.getvalue())
-    atomic_write_text(path.with_suffix(".json"), json.dumps(
+    atomic_write_text(path.with_suffix(".paths"), "\n".join(manifest.paths))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
         {"model": emb.name, "model_key": emb.key, "manifest": str(manifest.source), "manifest_sha1": manifest.sha1,
          "rows": len(manifest), "dim": emb.out_dim, "size_px": emb.size_px, "tta": tta.describe()}, indent=1))
+
+
+def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
+                tta: TTA) -> tuple[np.ndarray | None, np.ndarray]:
+    """(features, found): rows of `manifest` that other cache entries of the same model, size and TTA
+    already hold (matched by image path); rows not found are zero. features is None when none is found."""
+    feats, found = None, np.zeros(len(manifest), bool)
+    row_of = {path: i for i, path in enumerate(manifest.paths)}
+    for meta_path in sorted(Path(workdir, "cache", emb.name).glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            paths = meta_path.with_suffix(".paths").read_text().split("\n")
+        except (OSError, ValueError):
+            continue
+        if (meta.get("model_key"), meta.get("size_px"), meta.get("tta")) != (emb.key, emb.size_px, tta.describe()):
+            continue
+        pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
+        cached = _load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True) if pairs else None
+        if cached is not None:
+            rows, source = (np.array(side) for side in zip(*pairs, strict=True))
+            values = np.asarray(cached[source], np.float32)
+            ok = values.any(axis=1)  # a zero row is an image that failed to decode: try it again, warn again
+            feats = np.zeros((len(manifest), emb.out_dim), np.float32) if feats is None else feats
+            feats[rows[ok]], found[rows[ok]] = values[ok], True
+        if found.all():
+            break
+    return feats, found
 
 
 def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str | Path, device: torch.device,
                    tta: TTA = TTA(), batch_size: int = 64, workers: int = 2, max_fail_ratio: float = 0.01,
                    use_cache: bool = True, mmap: bool = False) -> list[np.ndarray]:
-    """Features of `manifest` for each embedder: cache hits are read, the misses run together
-    (one decode per image for all of them) and are stored.
+    """Features of `manifest` for each embedder: cache hits are read; for the misses, rows cached
+    under other manifests are reused and the remaining images run together (one decode per image
+    for all of them); the result is stored.
 
     mmap: return the float16 cache files memory-mapped (for data larger than memory).
     """
@@ -60,8 +93,8 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
              for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
-        computed = extract_many([embedders[i] for i in missing], manifest.paths, device, tta, batch_size, workers,
-                                max_fail_ratio, desc=f"embed {manifest.source.name}")
+        computed = _extract_missing([embedders[i] for i in missing], manifest, workdir, device, tta, batch_size,
+                                    workers, max_fail_ratio, use_cache)
         main = world().main
         for i, feats in zip(missing, computed, strict=True):
             if use_cache and main:  # every rank holds the gathered features; one writes them
@@ -71,3 +104,21 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
             else:
                 found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit
     return found
+
+
+def _extract_missing(embedders: list[Embedder], manifest: Manifest, workdir, device, tta: TTA, batch_size: int,
+                     workers: int, max_fail_ratio: float, use_cache: bool) -> list[np.ndarray]:
+    """Features of every row for each embedder: rows cached under other manifests, the rest extracted."""
+    reused = [cached_rows(workdir, e, manifest, tta) for e in embedders] if use_cache else []
+    todo = np.flatnonzero(~np.logical_and.reduce([found for _, found in reused])) if reused else None
+    if todo is None or len(todo) == len(manifest):  # nothing to reuse: no second full-size array
+        return extract_many(embedders, manifest.paths, device, tta, batch_size, workers, max_fail_ratio,
+                            desc=f"embed {manifest.source.name}")
+    log.info("embed %s: %d of %d images found in the cache of other manifests", manifest.source.name,
+             len(manifest) - len(todo), len(manifest))
+    if len(todo):
+        computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
+                                max_fail_ratio, desc=f"embed {manifest.source.name}")
+        for (feats, _), rows in zip(reused, computed, strict=True):
+            feats[todo] = rows
+    return [feats for feats, _ in reused]

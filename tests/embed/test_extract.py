@@ -66,6 +66,40 @@ def test_second_embedding_is_a_cache_hit_and_new_checkpoint_misses(trained_works
     assert len(runs) == 3  # an entry of an old checkpoint is never used
 
 
+def test_images_cached_under_another_manifest_are_not_extracted_again(trained_workspace, tmp_path, monkeypatch):
+    from tests.conftest import write_manifest
+
+    cpu = torch.device("cpu")
+    query, index = (read_manifest(trained_workspace.parent / f"{s}.csv") for s in ("query", "index"))
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    cached_index = embed_manifest([emb], index, tmp_path, cpu, workers=0)[0]
+    rows = [{"path": p, "label": "", "domain": ""} for p in (*query.paths[:2], *index.paths[::-1])]
+    union = read_manifest(write_manifest(tmp_path / "union.csv", rows), require_label=False)
+    calls = counting_decoder(monkeypatch)
+    feats = embed_manifest([emb], union, tmp_path, cpu, workers=0)[0]
+    assert sorted(calls) == sorted(query.paths[:2])  # only the 2 images no cache entry holds
+    assert np.array_equal(feats[2:], cached_index[::-1])
+    fresh = extract_many([emb], union.paths, cpu, TTA(flip=True), workers=0)[0]
+    assert np.allclose(feats, fresh, atol=2e-3)  # float16 cache vs float32
+
+
+def test_an_image_that_failed_under_another_manifest_is_tried_again(trained_workspace, tmp_path, monkeypatch):
+    from tests.conftest import write_manifest
+
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rows = [{"path": p, "label": "", "domain": ""} for p in (*index.paths, str(broken))]
+    first = read_manifest(write_manifest(tmp_path / "first.csv", rows), require_label=False)
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    assert not embed_manifest([emb], first, tmp_path, cpu, workers=0, max_fail_ratio=1.0)[0][-1].any()
+    second = read_manifest(write_manifest(tmp_path / "second.csv", rows[::-1]), require_label=False)
+    calls = counting_decoder(monkeypatch)
+    embed_manifest([emb], second, tmp_path, cpu, workers=0, max_fail_ratio=1.0)
+    assert calls == [str(broken)]  # decoded again (and warned about again), not served as a zero row
+
+
 def test_unknown_member_is_one_line_error(trained_workspace):
     from ensemble.errors import EnsError
 

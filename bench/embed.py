@@ -1,17 +1,20 @@
 """Embedding throughput: `ens` extraction vs a bare forward pass, decode cost, decodes per image,
 and the effect of libjpeg's DCT-domain downscaling ("draft") on mP@5.
 
-    .venv/bin/python bench/embed.py      # needs runs/members/mnv1_grocery and mnv2_grocery (trained)
+    .venv/bin/python bench/embed.py [--device cuda]   # needs runs/members/mnv1_grocery, mnv2_grocery
 
 Writes bench/results/embed.json and the "Embedding throughput" table of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from quality import median_seconds  # noqa: E402
+
 import ensemble.data.dataset as dataset_module  # noqa: E402
 from ensemble.data.decode import decode_image  # noqa: E402
 from ensemble.data.manifest import read_manifest  # noqa: E402
@@ -31,94 +36,143 @@ from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocery"
 WORKDIR = ROOT / "runs"
-CPU = torch.device("cpu")
 
 
-def pipeline_vs_bare(emb, paths, batch: int = 64) -> dict:
-    """img/s of extract_many (decode + preprocess in 2 workers + forward) vs forward on ready tensors."""
-    start = time.perf_counter()
-    extract_many([emb], paths, CPU, TTA(flip=False), batch, workers=2)
-    pipeline_s = time.perf_counter() - start
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pipeline_vs_bare(emb, paths, device: torch.device, workers: tuple[int, ...] = (0, 1, 2), batch: int = 64,
+                     rounds: int = 3) -> dict:
+    """img/s of extract_many (decode + preprocess + forward, per worker count) vs forward on ready tensors.
+
+    One warm-up of each, then `rounds` rounds that time every variant once, in turn, so that drift in
+    the machine's speed hits all of them alike; each figure is the median over rounds.
+    """
     transform = MultiTransform(emb.views())
     tensors = torch.stack([transform(decode_image(p, emb.size_px))[0] for p in paths])
-    tensors = tensors.contiguous(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(tensors), batch):
-            emb.fn(tensors[i:i + batch])
-    bare_s = time.perf_counter() - start
-    return {"images": len(paths), "pipeline_img_s": round(len(paths) / pipeline_s, 1),
-            "bare_forward_img_s": round(len(paths) / bare_s, 1), "ratio": round(bare_s / pipeline_s, 3)}
+    tensors = tensors.contiguous(memory_format=torch.channels_last).to(device)
+
+    def bare():
+        with torch.inference_mode():
+            for i in range(0, len(tensors), batch):
+                emb.fn(tensors[i:i + batch])
+        _sync(device)
+
+    variants = {"bare": bare}
+    for n in workers:
+        variants[f"workers_{n}"] = lambda n=n: extract_many([emb], paths, device, TTA(flip=False), batch, workers=n)
+    seconds = {name: [] for name in variants}
+    for name, fn in variants.items():
+        fn()  # warm-up: allocator, oneDNN/cuDNN kernel choice
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    img_s = {name: round(len(paths) / s, 1) for name, s in median.items()}
+    return {"images": len(paths), "batch": batch, "rounds": rounds, "img_s": img_s,
+            "ratio": {name: round(median["bare"] / s, 3) for name, s in median.items() if name != "bare"},
+            "seconds": {name: [round(x, 2) for x in s] for name, s in seconds.items()}}
 
 
 def decode_cost(paths, size_px: int) -> dict:
+    """ms per image: plain PIL full decode, `ens` full decode, `ens` with the DCT draft for size_px;
+    and the short sides (full -> draft) that occur."""
     from PIL import Image
 
     def plain(path):
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
 
-    out = {}
+    out = {"size_px": size_px}
     for name, fn in (("pil_full_decode", plain), ("ens_decode_draft", lambda p: decode_image(p, size_px)),
                      ("ens_decode_no_draft", decode_image)):
-        start = time.perf_counter()
-        for p in paths:
-            fn(p)
-        out[f"{name}_ms"] = round(1000 * (time.perf_counter() - start) / len(paths), 2)
+        out[f"{name}_ms"] = round(1000 * median_seconds(lambda fn=fn: [fn(p) for p in paths]) / len(paths), 2)
+    sides = [(min(decode_image(p).shape[:2]), min(decode_image(p, size_px).shape[:2])) for p in paths]
+    out["short_side_px_full_to_draft"] = sorted(f"{a}->{b}" for a, b in Counter(sides))
     return out
 
 
-def decodes_per_image(embedders, paths) -> float:
+def decodes_per_image(embedders, paths, device: torch.device) -> float:
     calls = []
     real = dataset_module.decode_image
     dataset_module.decode_image = lambda path, draft_px=None: (calls.append(path), real(path, draft_px))[1]
     try:
-        extract_many(embedders, paths, CPU, TTA(flip=True), workers=0)
+        extract_many(embedders, paths, device, TTA(flip=True), workers=0)
     finally:
         dataset_module.decode_image = real
     return len(calls) / len(paths)
 
 
-def draft_effect(emb) -> dict:
+def draft_effect(emb, size_px: int, device: torch.device) -> dict:
+    """mP@5 / recall@1 of `emb` run at size_px with and without DCT draft decoding, and how close the features are."""
+    emb = replace(emb, size_px=size_px)
     query, index = read_manifest(GROCERY / "query.csv"), read_manifest(GROCERY / "index.csv")
-    out = {}
+    out, feats = {"size_px": size_px}, {}
     for draft in (True, False):
-        q, x = (extract_many([emb], m.paths, CPU, TTA(flip=True), workers=2, jpeg_draft=draft)[0] for m in (query, index))
+        q, x = (extract_many([emb], m.paths, device, TTA(flip=True), workers=2, jpeg_draft=draft)[0]
+                for m in (query, index))
         report = evaluate_embeddings(q, query.labels, x, index.labels, 5)
-        out["draft" if draft else "full_decode"] = {"mP@5": round(report["mP@5"], 4),
-                                                    "recall@1": round(report["recall@1"], 4)}
+        name = "draft" if draft else "full_decode"
+        feats[name] = np.concatenate([q, x])
+        out[name] = {"mP@5": round(report["mP@5"], 4), "recall@1": round(report["recall@1"], 4)}
+    cosine = (feats["draft"] * feats["full_decode"]).sum(1)  # rows are unit vectors
+    out["feature_cosine_min"] = round(float(cosine.min()), 4)
+    out["feature_cosine_mean"] = round(float(cosine.mean()), 4)
     return out
+
+
+def table(result: dict) -> str:
+    t, q = result["throughput"], result["jpeg_draft"]
+    ratio = t["ratio"]
+    lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run; {result['model']}; "
+             f"grocery index photos ({t['images']} images; JPEG, short side 198 or 348 px). "
+             "Throughput: one warm-up, then "
+             f"{t['rounds']} rounds timing each variant in turn; median per variant.", "",
+             "| measure | value |", "|---|---|",
+             f"| bare forward on pre-decoded tensors (batch {t['batch']}) | {t['img_s']['bare']} img/s |"]
+    lines += [f"| `ens` extraction, decode + preprocess in {n[8:]} worker(s) + forward | {v} img/s "
+              f"(ratio {ratio[n]}) |" for n, v in t["img_s"].items() if n != "bare"]
+    lines.append(f"| decodes per image, 2 members x 2 flips | {result['decodes_per_image_2_members_flip']} |")
+    for d in result["decode"]:
+        lines += [f"| decode per image for {d['size_px']} px: plain PIL full / `ens` full / `ens` DCT draft "
+                  f"(short side {', '.join(d['short_side_px_full_to_draft'])} px) | {d['pil_full_decode_ms']} / "
+                  f"{d['ens_decode_no_draft_ms']} / {d['ens_decode_draft_ms']} ms |"]
+    for d in q:
+        lines += [f"| mP@5 / recall@1 at {d['size_px']} px: DCT draft vs full decode | {d['draft']['mP@5']} / "
+                  f"{d['draft']['recall@1']} vs {d['full_decode']['mP@5']} / {d['full_decode']['recall@1']} |",
+                  f"| feature cosine draft vs full decode at {d['size_px']} px (min / mean) | "
+                  f"{d['feature_cosine_min']} / {d['feature_cosine_mean']} |"]
+    return "\n".join(lines)
 
 
 def main() -> None:
     from update_benchmarks import record
 
-    torch.set_num_threads(2)
-    v1 = load_member_embedder(WORKDIR, "mnv1_grocery", "backbone", CPU)
-    v2 = load_member_embedder(WORKDIR, "mnv2_grocery", "backbone", CPU)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (the models and forward passes run there)")
+    parser.add_argument("--images", type=int, default=512, help="index images timed per throughput variant")
+    parser.add_argument("--draft-sizes", type=int, nargs="+", default=[224, 160])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    v1 = load_member_embedder(WORKDIR, "mnv1_grocery", "backbone", device)
+    v2 = load_member_embedder(WORKDIR, "mnv2_grocery", "backbone", device)
     paths = list(read_manifest(GROCERY / "index.csv").paths)
-    result = {"command": "python bench/embed.py", "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
-              "model": "mnv1_grocery (MobileNet-v1, 224 px, backbone feature), batch 64",
-              "throughput": pipeline_vs_bare(v1, paths),
-              "decode": decode_cost(paths[:300], v1.size_px),
-              "decodes_per_image_2_members_flip": decodes_per_image([v1, v2], paths[:128]),
-              "jpeg_draft_mP5": draft_effect(v1)}
-    t, d, q = result["throughput"], result["decode"], result["jpeg_draft_mP5"]
-    lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run; {result['model']}; "
-             f"grocery index photos ({t['images']} images, 348x348 to 348x464 JPEG).", "",
-             "| measure | value |", "|---|---|",
-             f"| `ens` extraction (decode + preprocess in 2 workers + forward) | {t['pipeline_img_s']} img/s |",
-             f"| bare forward on pre-decoded tensors | {t['bare_forward_img_s']} img/s |",
-             f"| extraction / bare forward | {t['ratio']} |",
-             f"| decode per image: plain PIL full decode | {d['pil_full_decode_ms']} ms |",
-             f"| decode per image: `ens` (EXIF, mode conversion), full | {d['ens_decode_no_draft_ms']} ms |",
-             f"| decode per image: `ens` with DCT draft to >= 224 px | {d['ens_decode_draft_ms']} ms |",
-             f"| decodes per image, 2 members x 2 flips | {result['decodes_per_image_2_members_flip']} |",
-             f"| mP@5 / recall@1 with DCT draft | {q['draft']['mP@5']} / {q['draft']['recall@1']} |",
-             f"| mP@5 / recall@1 with full decode | {q['full_decode']['mP@5']} / {q['full_decode']['recall@1']} |"]
-    record("embed", result, "Embedding throughput", "\n".join(lines))
-    print("\n".join(lines))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    result = {"command": "python bench/embed.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
+              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {gpu}",
+              "model": "mnv1_grocery (MobileNet-v1, 224 px, backbone feature, channels_last)",
+              "throughput": pipeline_vs_bare(v1, paths[:args.images], device),
+              "decode": [decode_cost(paths[:300], s) for s in args.draft_sizes],
+              "decodes_per_image_2_members_flip": decodes_per_image([v1, v2], paths[:128], device),
+              "jpeg_draft": [draft_effect(v1, s, device) for s in args.draft_sizes]}
+    body = table(result)
+    record("embed", result, "Embedding throughput", body)
+    print(body)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -130,6 +131,43 @@ def exported_row(path: Path, student_emb, query, index) -> dict:
             "per_domain": report["per_domain"], "gflops_per_image": round(gflops, 2), "ms_per_image": round(ms, 1)}
 
 
+def cross_domain_rows(data: str, other: str) -> list[dict]:
+    """Models trained on `other` evaluated on `data` (a domain they never saw), at `data`'s image size,
+    each beside the same backbone without training; the ensemble and student beside untrained MobileNet-v1."""
+    cfg = load_data_cfg(ROOT / "configs" / "data" / f"{data}.yaml")
+    query, index = read_manifest(cfg.query), read_manifest(cfg.index)
+    size = load_member_cfg(ROOT / "members" / "cpu" / f"{MEMBERS[data][0]}.yaml").eval.image_size
+    baselines = [untrained(member, query, index) for member in MEMBERS[data]]
+
+    def at_size(embedders):
+        return [replace(e, size_px=size) for e in embedders]
+
+    rows = []
+    for member, baseline in zip(MEMBERS[other], baselines, strict=True):
+        m = resolve_model(member, WORKDIR, "backbone")
+        rows.append({**row(f"member {member}", at_size(m.embedders), m.combine, query, index), "baseline": baseline})
+    ens = ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{other}_cpu.yaml"))
+    ens = fuse_or_reuse(ens, WORKDIR)
+    rows.append({**row(f"fused ensemble {ens.name} (PCA-{ens.description['out_dim']})", at_size(ens.embedders),
+                       ens.transform, query, index), "baseline": baselines[0]})
+    student = resolve_model(f"student:{load_student_cfg(ROOT / 'distill' / 'cpu' / f'{MEMBERS[other][0]}.yaml').name}",
+                            WORKDIR)
+    rows.append({**row(f"student {student.name}", at_size(student.embedders), student.combine, query, index),
+                 "baseline": baselines[0]})
+    return [{**r, "trained_on": other} for r in rows]
+
+
+def cross_table(data: str, rows: list[dict]) -> str:
+    lines = [f"**{data}**, models trained on {rows[0]['trained_on']} only", "",
+             "| model | dim | mP@5 | recall@1 | untrained backbone (mP@5) | change in mP@5 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        b = r["baseline"]
+        lines.append(f"| {r['model']} | {r['dim']} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {b['model']} "
+                     f"({b['mP@5']:.3f}) | {r['mP@5'] - b['mP@5']:+.3f} |")
+    return "\n".join(lines)
+
+
 def table(data: str, rows: list[dict]) -> str:
     domains = sorted({d for r in rows for d in r["per_domain"]})
     lines = [f"**{data}** ({len(domains)} domain(s))", "",
@@ -159,6 +197,15 @@ def main() -> None:
     body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
     record("quality", {**meta, "results": results}, "Retrieval quality", body)
     print(body)
+    if len(args.data) == 2:  # each dataset's models on the other one: does training hurt unseen domains?
+        cross = {d: cross_domain_rows(d, o) for d, o in (args.data, args.data[::-1])}
+        head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs "
+                "index of one dataset, with models trained on the other; every model runs at the evaluated "
+                "dataset's image size with flip TTA. Baseline: the same ImageNet backbone without training "
+                "(MobileNet-v1 for the ensemble and the student).")
+        body = "\n\n".join([head] + [cross_table(d, rows) for d, rows in cross.items()])
+        record("quality_cross_domain", {**meta, "results": cross}, "Domains not trained on", body)
+        print(body)
 
 
 if __name__ == "__main__":

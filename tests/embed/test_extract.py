@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +75,8 @@ def test_images_cached_under_another_manifest_are_not_extracted_again(trained_wo
     query, index = (read_manifest(trained_workspace.parent / f"{s}.csv") for s in ("query", "index"))
     emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
     cached_index = embed_manifest([emb], index, tmp_path, cpu, workers=0)[0]
-    rows = [{"path": p, "label": "", "domain": ""} for p in (*query.paths[:2], *index.paths[::-1])]
+    detour = [f"{Path(p).parent}/../{Path(p).parent.name}/{Path(p).name}" for p in index.paths[::-1]]
+    rows = [{"path": p, "label": "", "domain": ""} for p in (*query.paths[:2], *detour)]  # same files, other spelling
     union = read_manifest(write_manifest(tmp_path / "union.csv", rows), require_label=False)
     calls = counting_decoder(monkeypatch)
     feats = embed_manifest([emb], union, tmp_path, cpu, workers=0)[0]

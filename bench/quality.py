@@ -7,7 +7,9 @@ ensemble (configs/ensemble/<data>_cpu.yaml); mP@5, recall@1, per-domain mP@5, GF
 ms per image (flip TTA included). Members are trained first if the workspace lacks them (reused
 otherwise); features are cached in runs/. Then the student (distill/cpu/mnv1_<data>.yaml, distilled
 from that ensemble) and its TorchScript export (runs/exports/), whose row embeds every image by
-running the exported file itself. Writes bench/results/quality.json and BENCHMARKS.md.
+running the exported file itself. With both datasets, each one's models are then evaluated on the
+other ("Domains not trained on": does training hurt a domain the models never saw?).
+Writes bench/results/quality.json, quality_cross_domain.json and BENCHMARKS.md.
 """
 
 from __future__ import annotations

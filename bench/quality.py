@@ -183,8 +183,6 @@ def table(data: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from update_benchmarks import record
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["grocery", "coil20"])
     args = parser.parse_args()
@@ -192,22 +190,27 @@ def main() -> None:
     results = {d: dataset_rows(d) for d in args.data}
     meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
             "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
-    head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs index, "
-            "224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one image (median batch of 32 "
-            "over >= 3 s; the exported row includes its resize). "
-            "The exported row runs the TorchScript file on whole decoded images (no DCT draft decoding).")
-    body = "\n\n".join([head] + [table(d, rows) for d, rows in results.items()])
-    record("quality", {**meta, "results": results}, "Retrieval quality", body)
-    print(body)
+    publish("quality", "Retrieval quality", meta, results, [table(d, rows) for d, rows in results.items()],
+            "Open-set query vs index, 224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one "
+            "image (median batch of 32 over >= 3 s; the exported row includes its resize). The exported row "
+            "runs the TorchScript file on whole decoded images (no DCT draft decoding).")
     if len(args.data) == 2:  # each dataset's models on the other one: does training hurt unseen domains?
         cross = {d: cross_domain_rows(d, o) for d, o in (args.data, args.data[::-1])}
-        head = (f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Open-set query vs "
-                "index of one dataset, with models trained on the other; every model runs at the evaluated "
-                "dataset's image size with flip TTA. Baseline: the same ImageNet backbone without training "
-                "(MobileNet-v1 for the ensemble and the student).")
-        body = "\n\n".join([head] + [cross_table(d, rows) for d, rows in cross.items()])
-        record("quality_cross_domain", {**meta, "results": cross}, "Domains not trained on", body)
-        print(body)
+        publish("quality_cross_domain", "Domains not trained on", meta, cross,
+                [cross_table(d, rows) for d, rows in cross.items()],
+                "Open-set query vs index of one dataset, with models trained on the other; every model runs at "
+                "the evaluated dataset's image size with flip TTA. Baseline: the same ImageNet backbone without "
+                "training (MobileNet-v1 for the ensemble and the student).")
+
+
+def publish(name: str, title: str, meta: dict, results: dict, tables: list[str], description: str) -> None:
+    """Write bench/results/<name>.json and the BENCHMARKS.md section `title`, and print it."""
+    from update_benchmarks import record
+
+    body = "\n\n".join([f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. {description}",
+                         *tables])
+    record(name, {**meta, "results": results}, title, body)
+    print(body)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from ..errors import EnsError
 
 @dataclass(frozen=True)
 class Manifest:
-    """Rows of one manifest with absolute paths, and a hash of its content."""
+    """Rows of one manifest with absolute, canonical paths, and a hash of its content."""
 
     source: Path
     paths: tuple[str, ...]
@@ -37,10 +38,23 @@ def read_manifest(path: str | Path, require_label: bool = True) -> Manifest:
         missing = sorted(needed - columns) if rows else sorted(needed)
         raise EnsError(f"{path}: manifest needs columns {sorted(needed)}; missing {missing}")
     base = path.resolve().parent
-    paths = tuple(str(base / r["path"]) if not Path(r["path"]).is_absolute() else r["path"] for r in rows)
+    paths = canonical_paths(base, [r["path"] for r in rows])
     labels = tuple(str(r.get("label") or "") for r in rows)
     domains = tuple(str(r.get("domain") or "all") for r in rows)
     return Manifest(path.resolve(), paths, labels, domains, hashlib.sha1(content).hexdigest())
+
+
+def canonical_paths(base: Path, paths: list[str]) -> tuple[str, ...]:
+    """Absolute paths with `..` and linked folders resolved, so one image has one spelling in every
+    manifest (caches match rows by path); one realpath per folder, not per image."""
+    real_dir: dict[str, str] = {}
+    out = []
+    for path in paths:
+        folder, name = os.path.split(os.path.join(base, path))  # an absolute path stays as it is
+        if folder not in real_dir:
+            real_dir[folder] = os.path.realpath(folder)
+        out.append(os.path.join(real_dir[folder], name))
+    return tuple(out)
 
 
 def label_index(labels: list[str] | tuple[str, ...]) -> dict[str, int]:

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,7 @@ def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
     """(features, found): rows of `manifest` that other cache entries of the same model, size and TTA
     already hold (matched by image path); rows not found are zero. features is None when none is found."""
     feats, found = None, np.zeros(len(manifest), bool)
-    row_of = {os.path.realpath(path): i for i, path in enumerate(manifest.paths)}  # a/../b, links: one image
+    row_of = {path: i for i, path in enumerate(manifest.paths)}  # canonical paths: one spelling per image
     for meta_path in sorted(Path(workdir, "cache", emb.name).glob("*.json")):
         try:
             meta = json.loads(meta_path.read_text())
@@ -67,8 +66,7 @@ def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
             continue
         if (meta.get("model_key"), meta.get("size_px"), meta.get("tta")) != (emb.key, emb.size_px, tta.describe()):
             continue
-        rows_here = [row_of.get(os.path.realpath(p)) for p in paths]
-        pairs = [(i, j) for j, i in enumerate(rows_here) if i is not None and not found[i]]
+        pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
         cached = _load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True) if pairs else None
         if cached is not None:
             rows, source = (np.array(side) for side in zip(*pairs, strict=True))

@@ -18,3 +18,13 @@ def test_missing_columns_is_one_line_error(tmp_path):
         read_manifest(tmp_path / "m.csv")
     with pytest.raises(EnsError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
+
+
+def test_one_image_has_one_spelling_through_dotdot_and_linked_folders(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m.csv").write_text("path,label\n../images/a.jpg,x\n../link/a.jpg,x\n"
+                                              f"{tmp_path}/lists/../images/a.jpg,x\n")
+    paths = read_manifest(tmp_path / "lists" / "m.csv").paths
+    assert set(paths) == {str((tmp_path / "images" / "a.jpg").resolve())}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, len(data))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -33,6 +36,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_free_space(folder: Path, nbytes: int) -> None:
+    """Refuse a write that cannot fit before starting it (a full disk mid-write leaves nothing behind
+    either, but failing first is quicker and names the size)."""
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes:,} bytes to write, {free:,} free",
+                      str(folder))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

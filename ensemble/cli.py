@@ -44,11 +44,22 @@ class EnsGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except EnsError as exc:
+        except (EnsError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc if isinstance(exc, EnsError) else describe_os_error(exc)}", err=True)
             sys.exit(2)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: which file, and what the system said (read-only, full disk...)."""
+    import errno
+
+    hints = {errno.EROFS: "the workspace is on a read-only file system; give a writable --workdir",
+             errno.EACCES: "permission denied; give a writable --workdir or fix the folder's permissions",
+             errno.ENOSPC: "no space left on the device; free some or give another --workdir"}
+    where = exc.filename or "a file"
+    return f"{where}: {exc.strerror or exc}" + (f" ({hints[exc.errno]})" if exc.errno in hints else "")
 
 
 @click.group(cls=EnsGroup)
@@ -162,7 +173,7 @@ def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, 
 @click.option("--data", type=click.Path(), default=None, help="Data config with query/index.")
 @click.option("--query", type=click.Path(), default=None)
 @click.option("--index", type=click.Path(), default=None)
-@click.option("--k", default=5, show_default=True)
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Neighbours scored (mP@k).")
 @click.option("--out", type=click.Path(), default=None, help="JSON report path (default runs/reports/MODEL.json).")
 @FEATURES
 @click.option("--workers", default=2, show_default=True)
@@ -324,7 +335,7 @@ def show_cmd(model: str, workdir: str) -> None:
         payload = load_checkpoint(student_dir(workdir, model.partition(":")[2]) / MODEL_FILE, kind="student_model")
     else:
         payload = load_checkpoint(member_dir(workdir, model) / MODEL_FILE, kind="member_model")
-    click.echo(json.dumps(payload["describe"], indent=2))
+    click.echo(json.dumps({**payload["describe"], "preprocess": payload.get("preprocess")}, indent=2))
 
 
 if __name__ == "__main__":

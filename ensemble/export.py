@@ -12,8 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_bytes, atomic_write_text, publish
+from .atomic import atomic_write_bytes, atomic_write_text
 from .data.augment import to_uint8_tensor
 from .data.dataset import FailureLog, ImageDataset, collate_skip
 from .data.decode import DecodeError, decode_image
@@ -84,6 +82,26 @@ class EnsembleModule(nn.Module):
         return F.normalize(fused, dim=-1)
 
 
+class InputGuard(nn.Module):
+    """Checks the input contract inside the exported file (scripted: a traced graph drops Python checks),
+    so a float [0,1] batch, a grey or RGBA or NHWC tensor fails with a message instead of a wrong answer."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise ValueError("ens export: expected a uint8 tensor [B,3,H,W] (RGB, 0..255), got another dtype; "
+                             "for float images in [0,1] pass (x * 255).round().to(torch.uint8)")
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError("ens export: expected shape [B,3,H,W] (RGB, channels first), got "
+                             + str(images.shape) + "; for [B,H,W,3] pass images.permute(0, 3, 1, 2)")
+        if images.size(0) == 0 or images.size(2) == 0 or images.size(3) == 0:
+            raise ValueError("ens export: expected a non-empty batch of images, got shape " + str(images.shape))
+        return self.inner(images)
+
+
 def _branch(emb: Embedder, flip: bool) -> MemberBranch:
     return MemberBranch(emb.info["model"].cpu().float().eval(), emb.info["features"], emb.size_px, emb.mean, emb.std,
                         flip)
@@ -125,21 +143,22 @@ def _describe(name: str, kind: str, embedders: list[Embedder], flip: bool, out_d
 
 
 def trace(module: nn.Module) -> torch.jit.ScriptModule:
-    """Trace on a non-square uint8 example. Shapes after the resize are fixed, so the tracer's
-    warnings about shape-dependent Python values (timm's padding, pos-embed checks) are safe."""
+    """Trace on a non-square uint8 example, behind a scripted `InputGuard`. Shapes after the resize
+    are fixed, so the tracer's warnings about shape-dependent Python values (timm's padding,
+    pos-embed checks) are safe."""
     example = torch.randint(0, 256, (2, 3, 97, 131), dtype=torch.uint8)
     module = module.eval().requires_grad_(False)  # users' calls should not build autograd graphs
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
-        return torch.jit.trace(module, example, check_trace=False)
+        return torch.jit.script(InputGuard(torch.jit.trace(module, example, check_trace=False)))
 
 
 def jit_load(path: str | Path, **kwargs):
     """torch.jit.load without its deprecation notice (TorchScript is the export contract)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu", **kwargs)
+        return torch.jit.load(path if hasattr(path, "read") else str(path), map_location="cpu", **kwargs)
 
 
 def decoded_tensor(path: str) -> torch.Tensor:
@@ -206,19 +225,13 @@ def export(spec: str | None, workdir: str | Path, out: str | Path, sample: int =
     desc["verify"] = verify(scripted, desc, reference, paths)
     desc["torch"] = torch.__version__
     desc["export_seconds"] = round(time.perf_counter() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
-            torch.jit.save(scripted, tmp, _extra_files={"ens.json": json.dumps(desc)})
-        reloaded = jit_load(tmp)  # what users will load: check it once more
-        verify(reloaded, desc, reference[:2], paths[:2])
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()  # serialised in memory: torch.jit.save aborts the process on a full disk
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
+        torch.jit.save(scripted, buffer, _extra_files={"ens.json": json.dumps(desc)})
+    buffer.seek(0)
+    verify(jit_load(buffer), desc, reference[:2], paths[:2])  # what users will load: check it once more
+    atomic_write_bytes(out, buffer.getvalue())
     desc["sha1"] = file_sha1(out)
     atomic_write_text(out.with_suffix(".json"), json.dumps(desc, indent=2))
     return desc

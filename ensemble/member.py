@@ -24,9 +24,11 @@ from .errors import EnsError
 from .evaluate.metrics import evaluate_embeddings
 from .losses.margin import build_head
 from .models.member import EmbeddingModel, build_member_model
+from .models.preprocess import preprocess_record
 from .tasks.classify import ClassifyTask
 from .train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .train.loop import RunSpec, Trainer, check_same_recipe
+from .train.rundir import cached_result, check_resume_recipe, run_lock
 from .train.optim import param_groups
 
 log = logging.getLogger("ensemble")
@@ -111,21 +113,31 @@ def format_plan(p: dict) -> str:
 def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, key: dict, kind: str = "member_model",
                **extra) -> None:
     """A self-describing model file: config to rebuild it, preprocessing, output dim (+ `extra`)."""
+    bb = model.backbone
     save_checkpoint(path, {"ens_kind": kind, "config": cfg.model_dump(mode="json"), "recipe_key": key,
                            "model": model.state_dict(), **extra,
+                           "preprocess": preprocess_record(bb.image_size, bb.mean, bb.std, cfg.augment.resize),
                            "describe": {**model.backbone.describe(), "arch": cfg.backbone.arch,
                                         "embedding_dim": model.out_dim}})
 
 
 def load_member_model(path: str | Path, kind: str = "member_model") -> tuple[EmbeddingModel, dict]:
-    """Rebuild a member (or student, kind='student_model') from its model file alone
-    (architecture from the stored config, no download)."""
+    """Rebuild a member (or student, kind='student_model') from its model file alone: architecture
+    from the stored config (no download), preprocessing as recorded at training time (the weights'
+    own mean/std, not the library's defaults for the architecture)."""
     payload = load_checkpoint(path, kind=kind)
     schema = StudentCfg if kind == "student_model" else MemberCfg
     cfg = schema.model_validate(payload["config"])
     cfg.backbone.pretrained = None
     model = build_member_model(cfg, load_weights=False)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise EnsError(f"{path}: weights do not fit {cfg.backbone.arch} ({str(exc).splitlines()[0][:200]})") from None
+    # files from before the `preprocess` record carry the same facts in `describe`
+    record = payload.get("preprocess") or payload["describe"]
+    model.backbone.mean, model.backbone.std = tuple(record["mean"]), tuple(record["std"])
+    model.backbone.image_size = int(record.get("size_px", record.get("image_size")))
     return model.eval(), payload
 
 
@@ -213,6 +225,12 @@ def build_member_task(cfg: MemberCfg, data: TrainData, workdir: Path) -> Classif
 
 def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
     """Train (or resume, or reuse) the member of `cfg` in `workdir`; returns its summary with eval."""
+    run_dir = member_dir(workdir, cfg.name)
+    with run_lock(run_dir, active=world().main):
+        return _train_member(cfg, workdir)
+
+
+def _train_member(cfg, workdir) -> dict:
     workdir, run_dir = Path(workdir), member_dir(workdir, cfg.name)
     data = train_data(cfg)
     key = recipe_key(cfg, data.sha1)
@@ -223,6 +241,7 @@ def train_member(cfg: MemberCfg, workdir: str | Path) -> dict:
         return evaluate_member(cfg, run_dir)
     w = world()
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_resume_recipe(run_dir, "member", key)  # before config.yaml is overwritten
     if w.main:
         atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
     torch.manual_seed(cfg.seed)  # neck/head initialisation is part of the seeded run
@@ -273,18 +292,29 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
             for feat, (qf, xf) in (("neck", (q[:, :dim], i[:, :dim])), ("backbone", (q[:, dim:], i[:, dim:])))}
 
 
+def eval_key(cfg: MemberCfg, model_path: Path) -> dict:
+    """What an eval result depends on: eval settings, the query/index manifests, the model file."""
+    from .embed.models import file_sha1
+
+    data = load_data_cfg(cfg.data)
+    manifests = {k: read_manifest(getattr(data, k)).sha1 if getattr(data, k) else None for k in ("query", "index")}
+    return {"eval": cfg.eval.model_dump(mode="json"), "data": str(cfg.data), **manifests,
+            "model_sha1": file_sha1(model_path)}
+
+
 def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
-    """Evaluate the trained member (cached in eval.json) and the same backbone untrained."""
-    result_path = run_dir / "eval.json"
+    """Evaluate the trained member and the same backbone untrained (kept in eval.json while the
+    eval settings, manifests and model file are unchanged)."""
     if not cfg.eval.enabled:
         return {"name": cfg.name}
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    model, payload = load_member_model(run_dir / MODEL_FILE)
-    result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or model.backbone.image_size,
-              "train_images_unreadable": len(payload.get("failed_images", {})),
-              "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(model, cfg)}
-    baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
-    result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
-    atomic_write_text(result_path, json.dumps(result, indent=2))
-    return result
+
+    def compute() -> dict:
+        model, payload = load_member_model(run_dir / MODEL_FILE)
+        result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or model.backbone.image_size,
+                  "train_images_unreadable": len(payload.get("failed_images", {})),
+                  "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(model, cfg)}
+        baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
+        result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
+        return result
+
+    return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)

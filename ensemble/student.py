@@ -27,11 +27,12 @@ from .device import pick_device
 from .distributed import barrier, world
 from .errors import EnsError
 from .losses.margin import build_head
-from .member import MODEL_FILE, evaluate_model, init_from_member, load_member_model, loader_factory, save_model
+from .member import MODEL_FILE, eval_key, evaluate_model, init_from_member, load_member_model, loader_factory, save_model
 from .models.member import build_member_model
 from .tasks.distill import DistillTask
 from .train.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from .train.loop import RunSpec, Trainer, check_same_recipe
+from .train.rundir import cached_result, check_resume_recipe, run_lock
 
 log = logging.getLogger("ensemble")
 
@@ -170,6 +171,12 @@ def fit_neck(model, data: DistillData, cfg: StudentCfg) -> None:
 
 def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
     """Train (or resume, or reuse) the student of `cfg`; returns its summary with eval."""
+    run_dir = student_dir(workdir, cfg.name)
+    with run_lock(run_dir, active=world().main):
+        return _distill(cfg, workdir)
+
+
+def _distill(cfg, workdir) -> dict:
     workdir, run_dir = Path(workdir), student_dir(workdir, cfg.name)
     w = world()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +187,7 @@ def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
         check_same_recipe(model_path, load_checkpoint(model_path, kind="student_model")["recipe_key"], key)
         log.info("student %s is already trained; reusing %s", cfg.name, model_path)
         return evaluate_student(cfg, run_dir)
+    check_resume_recipe(run_dir, "student", key)  # before config.yaml is overwritten
     if w.main:
         atomic_write_text(run_dir / "config.yaml", dump_cfg(cfg))
     torch.manual_seed(cfg.seed)
@@ -205,15 +213,14 @@ def distill(cfg: StudentCfg, workdir: str | Path) -> dict:
 
 
 def evaluate_student(cfg: StudentCfg, run_dir: Path) -> dict:
-    """mP@5 of the student's embedding (cached in eval.json)."""
-    result_path = run_dir / "eval.json"
+    """mP@5 of the student's embedding (kept in eval.json while its inputs are unchanged)."""
     if not cfg.eval.enabled:
         return {"name": cfg.name}
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    model, payload = load_member_model(run_dir / MODEL_FILE, kind="student_model")
-    result = {"name": cfg.name, "teacher": payload["teacher"]["ensemble"],
-              "eval_image_size": cfg.eval.image_size or model.backbone.image_size, "flip_tta": cfg.eval.flip_tta,
-              "student": evaluate_model(model, cfg)["neck"]}
-    atomic_write_text(result_path, json.dumps(result, indent=2))
-    return result
+
+    def compute() -> dict:
+        model, payload = load_member_model(run_dir / MODEL_FILE, kind="student_model")
+        return {"name": cfg.name, "teacher": payload["teacher"]["ensemble"],
+                "eval_image_size": cfg.eval.image_size or model.backbone.image_size, "flip_tta": cfg.eval.flip_tta,
+                "student": evaluate_model(model, cfg)["neck"]}
+
+    return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)

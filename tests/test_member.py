@@ -15,7 +15,7 @@ def test_train_member_writes_self_describing_artifacts(tmp_path, coil_data):
     cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data))
     result = train_member(cfg, tmp_path / "runs")
     run = tmp_path / "runs" / "members" / "tiny"
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "eval.json"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "eval.json", ".lock"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [(0, 0), (1, 0), (1, 1)]
     assert set(records[0]["lr"]) == {"neck", "head"} and records[0]["images"] == 24

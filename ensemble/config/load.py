@@ -45,7 +45,10 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             if not isinstance(child, dict):
                 raise EnsError(f"{source} {item!r}: {part!r} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise EnsError(f"{source} {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return raw
 
 
@@ -73,13 +76,38 @@ def validate(model: type[T], raw: dict, path: str | Path) -> T:
 
 def _resolve_weights(value: str | None, base: Path) -> str | None:
     """A `pretrained` value that looks like a file is resolved relative to the recipe."""
-    if value is None or not (value.endswith(WEIGHT_SUFFIXES) or "/" in value):
+    if value is None or not _looks_like_file(value):
         return value
     candidate = Path(value).expanduser()
     candidate = candidate if candidate.is_absolute() else base / candidate
     if not candidate.is_file():
         raise EnsError(f"backbone.pretrained: weights file not found: {candidate}")
+    check_weights_file(candidate)
     return str(candidate.resolve())
+
+
+def check_weights_file(path: Path) -> None:
+    """Cheap checks that a weights file is what its name says (an empty, truncated or foreign file
+    fails here, at config load and --dry-run, not at the first step with a library traceback)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise EnsError(f"backbone.pretrained: {path} is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as handle:
+                keys = list(handle.keys())
+        except Exception as exc:  # SafetensorError and others: the header does not describe this file
+            raise EnsError(f"backbone.pretrained: {path} is not a valid safetensors file "
+                           f"({str(exc).splitlines()[0][:160]})") from None
+        if not keys:
+            raise EnsError(f"backbone.pretrained: {path} holds no tensors")
+    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch zip archive, or a legacy pickle
+            raise EnsError(f"backbone.pretrained: {path} is not a torch checkpoint (zip or pickle)")
 
 
 def deep_merge(base: dict, diff: dict) -> dict:
@@ -98,12 +126,29 @@ def read_recipe(path: Path, depth: int = 0) -> dict:
     if depth > 8:
         raise EnsError(f"{path}: key 'base': too many nested bases (a cycle?)")
     base_path = (path.parent / str(raw.pop("base"))).resolve()
-    base = read_recipe(base_path, depth + 1)
-    if "data" in base and "data" not in raw:
-        data = Path(base["data"])
-        base["data"] = str(data if data.is_absolute() else base_path.parent / data)
+    base = _rebase(read_recipe(base_path, depth + 1), base_path.parent)
     base.pop("name", None)
     return deep_merge(base, raw)
+
+
+def _rebase(recipe: dict, folder: Path) -> dict:
+    """Relative paths of a base recipe (`data`, weight files in `backbone.pretrained` and its
+    fallback) made absolute from the base's folder, so they mean the same from any inheriting file."""
+    def absolute(value):
+        if not isinstance(value, str) or not _looks_like_file(value) or Path(value).expanduser().is_absolute():
+            return value
+        return str(folder / value)
+
+    if "data" in recipe and not Path(str(recipe["data"])).is_absolute():
+        recipe["data"] = str(folder / str(recipe["data"]))
+    for block in (recipe.get("backbone"), (recipe.get("backbone") or {}).get("fallback")):
+        if isinstance(block, dict) and "pretrained" in block:
+            block["pretrained"] = absolute(block["pretrained"])
+    return recipe
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith(WEIGHT_SUFFIXES) or ("/" in value and not value.startswith("hf-hub:"))
 
 
 def load_member_cfg(path: str | Path, overrides: list[str] | None = None, schema: type[M] = MemberCfg) -> M:
@@ -125,7 +170,11 @@ def load_member_cfg(path: str | Path, overrides: list[str] | None = None, schema
         cfg.backbone = _fallback_backbone(cfg.backbone, path)
         cfg.backbone.pretrained = _resolve_weights(cfg.backbone.pretrained, base)
     if cfg.name is None:
-        cfg.name = path.stem
+        try:
+            cfg.name = path.stem
+        except ValidationError:
+            raise EnsError(f"{path}: the file name {path.stem!r} is not a valid run name; set `name:` "
+                           "(letters, digits, '_', '.', '-')") from None
     return cfg
 
 
@@ -136,6 +185,10 @@ def load_student_cfg(path: str | Path, overrides: list[str] | None = None) -> St
 
 def _fallback_backbone(cfg: BackboneCfg, path: Path) -> BackboneCfg:
     """The backbone with its `fallback` keys applied (the `pretrained` file is missing)."""
+    arch = str(cfg.fallback.get("arch", cfg.arch))
+    if arch.split(".")[0] != cfg.arch.split(".")[0]:
+        raise EnsError(f"{path}: backbone.pretrained {cfg.pretrained} not found, and backbone.fallback would "
+                       f"replace arch {cfg.arch!r} with {arch!r}; give the weights file or a fallback for {cfg.arch}")
     log.warning("%s: backbone.pretrained %s not found; using backbone.fallback %s", path, cfg.pretrained, cfg.fallback)
     merged = deep_merge(cfg.model_dump(mode="json"), cfg.fallback)
     merged["fallback"] = None

@@ -4,9 +4,14 @@ recipes are short diffs over them, and unknown keys are an error."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+# a run's name becomes a folder under the workspace: no separators, no leading dot
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
 
 
 class Strict(BaseModel):
@@ -21,7 +26,7 @@ class BackboneCfg(Strict):
     source: Literal["open_clip", "timm"] = "open_clip"
     arch: str = "ViT-H-14"
     pretrained: str | None = None  # open_clip tag, local file, or (timm) true/"file" path
-    image_size: PositiveInt | None = None  # None: the architecture's default
+    image_size: PositiveInt | None = Field(None, le=MAX_IMAGE_PX)  # None: the architecture's default
     drop_proj: bool = False  # open_clip: use pre-projection features
     init_from: str | None = None  # a member name in the workspace
     grad_checkpointing: bool = False
@@ -140,7 +145,7 @@ class EvalCfg(Strict):
 
     enabled: bool = True
     features: Literal["neck", "backbone"] = "neck"
-    image_size: PositiveInt | None = None  # None: the backbone's image size
+    image_size: PositiveInt | None = Field(None, le=MAX_IMAGE_PX)  # None: the backbone's image size
     flip_tta: bool = True
     batch_size: PositiveInt = 64
 
@@ -148,7 +153,7 @@ class EvalCfg(Strict):
 class MemberCfg(Strict):
     """A member recipe: backbone + neck + head trained in stages on a data config."""
 
-    name: str | None = None
+    name: str | None = Field(None, pattern=NAME_PATTERN)
     seed: int = 0
     data: Path
     device: str = "auto"
@@ -222,14 +227,14 @@ class TTACfg(Strict):
     """Test-time augmentation for embedding: flip averaging and extra square sizes."""
 
     flip: bool = True
-    extra_sizes: list[PositiveInt] = Field(default_factory=list)
+    extra_sizes: list[Annotated[int, Field(gt=0, le=MAX_IMAGE_PX)]] = Field(default_factory=list)
 
 
 class EnsembleCfg(Strict):
     """How members are fused: which feature, merge per architecture, reducer, and the set it is fitted on."""
 
-    name: str | None = None
-    members: list[str] = Field(min_length=1)
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    members: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(min_length=1)
     features: Literal["neck", "backbone"] = "backbone"
     merge: Literal["mean", "concat"] = "mean"  # mean: average members of one architecture first
     pca: PositiveInt | None = 64  # None: plain concatenation
@@ -245,7 +250,7 @@ class EnsembleCfg(Strict):
 class PipelineCfg(Strict):
     """`ens pipeline`: member recipes, an ensemble config, a student recipe (paths relative to the YAML)."""
 
-    name: str | None = None
+    name: str | None = Field(None, pattern=NAME_PATTERN)
     members: list[Path] = Field(min_length=1)
     ensemble: Path
     student: Path | None = None

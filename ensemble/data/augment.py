@@ -5,10 +5,10 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 import torch
-from albumentations.pytorch import ToTensorV2
 
 from ..config.schema import AugmentCfg
 from ..errors import EnsError
+from ..models.preprocess import Preprocess
 
 
 def _hflip(p=0.5):
@@ -38,24 +38,29 @@ OPS = {"hflip": _hflip, "color": _color, "shift_scale_rotate": _shift_scale_rota
 
 
 class TrainTransform:
-    """HxWx3 uint8 array -> normalised 3xSxS tensor through an albumentations pipeline."""
+    """HxWx3 uint8 array -> augmentations (albumentations) -> the eval `Preprocess` -> 3xSxS tensor.
 
-    def __init__(self, compose: A.Compose):
-        self.compose = compose
+    Resizing and normalisation are the very module eval and exported files run, so an image without
+    augmentation is prepared identically in training, `ens eval` and the exported file.
+    """
+
+    def __init__(self, compose: A.Compose, preprocess: Preprocess):
+        self.compose, self.preprocess = compose, preprocess
 
     def __call__(self, arr):
-        return self.compose(image=arr)["image"]
+        with torch.no_grad():
+            return self.preprocess(to_uint8_tensor(self.compose(image=arr)["image"])[None])[0]
 
     def set_random_seed(self, seed: int) -> None:
         self.compose.set_random_seed(seed)
 
 
 def build_train_transform(cfg: AugmentCfg, size_px: int, mean, std) -> TrainTransform:
-    """Resize (or random-resized-crop) to size_px, the enabled named ops, normalise, to tensor."""
+    """The enabled named ops (after a random-resized-crop in that mode), then `Preprocess`:
+    bilinear antialiased resize to size_px and (x / 255 - mean) / std, as in eval."""
+    steps = []
     if cfg.resize == "random_resized_crop":
         steps = [A.RandomResizedCrop(size=(size_px, size_px), scale=tuple(cfg.crop_scale))]
-    else:
-        steps = [A.Resize(size_px, size_px, interpolation=cv2.INTER_AREA)]
     for name, kwargs in cfg.ops.items():
         if name not in OPS:
             raise EnsError(f"augment.ops.{name}: unknown augmentation; known: {sorted(OPS)}")
@@ -65,8 +70,7 @@ def build_train_transform(cfg: AugmentCfg, size_px: int, mean, std) -> TrainTran
             steps.append(OPS[name](**kwargs))
         except TypeError as exc:
             raise EnsError(f"augment.ops.{name}: {exc}") from None
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return TrainTransform(A.Compose(steps))
+    return TrainTransform(A.Compose(steps), Preprocess(size_px, mean, std))
 
 
 def to_uint8_tensor(arr) -> torch.Tensor:

@@ -31,17 +31,41 @@ def read_manifest(path: str | Path, require_label: bool = True) -> Manifest:
     if not path.is_file():
         raise EnsError(f"{path}: manifest not found")
     content = path.read_bytes()
-    rows = list(csv.DictReader(content.decode("utf-8-sig").splitlines()))
-    columns = set(rows[0].keys()) if rows else set()
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EnsError(f"{path}: not UTF-8 text (byte 0x{content[exc.start]:02x} at offset {exc.start}); "
+                       "save the manifest as UTF-8") from None
+    if not text.strip():
+        raise EnsError(f"{path}: empty file (expected a header `path,label[,domain]` and rows)")
+    reader = csv.DictReader(text.splitlines())
+    rows = list(reader)
+    columns = set(reader.fieldnames or ())
     needed = {"path", "label"} if require_label else {"path"}
-    if not rows or not needed <= columns:
-        missing = sorted(needed - columns) if rows else sorted(needed)
-        raise EnsError(f"{path}: manifest needs columns {sorted(needed)}; missing {missing}")
+    if not needed <= columns:
+        raise EnsError(f"{path}: manifest needs columns {sorted(needed)}; missing {sorted(needed - columns)}")
+    if not rows:
+        raise EnsError(f"{path}: manifest has a header but no rows")
+    for i, row in enumerate(rows, start=2):  # line numbers as an editor shows them (1 = header)
+        if not (row.get("path") or "").strip():
+            raise EnsError(f"{path}: line {i}: empty path")
+        if require_label and not (row.get("label") or "").strip():
+            raise EnsError(f"{path}: line {i}: empty label (every row of a labelled manifest needs one)")
     base = path.resolve().parent
     paths = canonical_paths(base, [r["path"] for r in rows])
     labels = tuple(str(r.get("label") or "") for r in rows)
     domains = tuple(str(r.get("domain") or "all") for r in rows)
     return Manifest(path.resolve(), paths, labels, domains, hashlib.sha1(content).hexdigest())
+
+
+def check_unique(manifest: Manifest) -> None:
+    """An image listed twice would be counted twice as a neighbour (inflating precision): refuse it."""
+    seen: dict[str, int] = {}
+    for i, path in enumerate(manifest.paths, start=2):
+        if path in seen:
+            raise EnsError(f"{manifest.source}: lines {seen[path]} and {i} list the same image {path}; "
+                           "each index image must appear once")
+        seen[path] = i
 
 
 def canonical_paths(base: Path, paths: list[str]) -> tuple[str, ...]:

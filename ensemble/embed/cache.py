@@ -19,17 +19,35 @@ from ..data.manifest import Manifest
 from ..distributed import world
 from ..train.checkpoint import atomic_write_bytes, atomic_write_text
 from .extract import TTA, Embedder, extract_many
+from .models import file_sha1
 
 log = logging.getLogger("ensemble")
 
 
+def identity(emb: Embedder, tta: TTA) -> str:
+    """What makes two cached features the same: checkpoint content + feature, preprocessing, TTA."""
+    return f"{emb.key}|{emb.size_px}|{list(emb.mean)}|{list(emb.std)}|{tta.describe()}"
+
+
 def cache_path(workdir: str | Path, emb: Embedder, manifest: Manifest, tta: TTA) -> Path:
-    key = hashlib.sha1(f"{emb.key}|{manifest.sha1}|{emb.size_px}|{tta.describe()}".encode()).hexdigest()[:20]
+    key = hashlib.sha1(f"{identity(emb, tta)}|{manifest.sha1}".encode()).hexdigest()[:20]
     return Path(workdir) / "cache" / emb.name / f"{key}.npy"
 
 
+def _entry_sha1(path: Path) -> str | None:
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("npy_sha1")
+    except (OSError, ValueError):
+        return None
+
+
 def _load(path: Path, rows: int, dim: int, mmap: bool = False) -> np.ndarray | None:
+    """A cache entry whose bytes match the checksum stored beside it, else None (recomputed)."""
     if not path.is_file():
+        return None
+    expected = _entry_sha1(path)
+    if expected is None or file_sha1(path) != expected:
+        log.warning("ignoring cache file %s: its content does not match the checksum stored with it", path)
         return None
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None)
@@ -45,11 +63,13 @@ def _load(path: Path, rows: int, dim: int, mmap: bool = False) -> np.ndarray | N
 def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA) -> None:
     buffer = io.BytesIO()
     np.save(buffer, feats.astype(np.float16))  # half the disk; cosine error ~1e-4
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
     atomic_write_text(path.with_suffix(".paths"), "\n".join(manifest.paths))
     atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
-        {"model": emb.name, "model_key": emb.key, "manifest": str(manifest.source), "manifest_sha1": manifest.sha1,
-         "rows": len(manifest), "dim": emb.out_dim, "size_px": emb.size_px, "tta": tta.describe()}, indent=1))
+        {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
+         "manifest_sha1": manifest.sha1, "rows": len(manifest), "dim": emb.out_dim,
+         "npy_sha1": hashlib.sha1(data).hexdigest()}, indent=1))
 
 
 def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
@@ -64,7 +84,7 @@ def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
             paths = meta_path.with_suffix(".paths").read_text().split("\n")
         except (OSError, ValueError):
             continue
-        if (meta.get("model_key"), meta.get("size_px"), meta.get("tta")) != (emb.key, emb.size_px, tta.describe()):
+        if meta.get("identity") != identity(emb, tta):
             continue
         pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
         cached = _load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True) if pairs else None

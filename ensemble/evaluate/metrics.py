@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EnsError
+
 
 def knn(query: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k nearest index rows per query by Euclidean distance (exact, faiss flat)."""
@@ -79,8 +81,9 @@ def retrieval_metrics(neighbors: np.ndarray, query_labels, index_labels, k: int 
             continue
         rel = index_labels[neighbors[q]] == label
         scores.append((precision_at(rel, n_q, k), float(rel[0]), average_precision_at(rel, n_q, map_k)))
-    mean = np.mean(scores, axis=0) if scores else np.full(3, np.nan)
-    return {f"mP@{k}": float(mean[0]), "recall@1": float(mean[1]), f"mAP@{map_k}": float(mean[2]),
+    # no scorable query: None (JSON null), never NaN (invalid JSON, and it sorts as a number)
+    mean = [float(v) for v in np.mean(scores, axis=0)] if scores else [None] * 3
+    return {f"mP@{k}": mean[0], "recall@1": mean[1], f"mAP@{map_k}": mean[2],
             "queries": len(scores), "excluded_queries": len(excluded)}
 
 
@@ -88,6 +91,8 @@ def evaluate_embeddings(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=
                         approx_above: int | None = None) -> dict:
     """Overall metrics plus mP@k per query domain (neighbours from one search: exact unless the
     index has more than `approx_above` rows)."""
+    if k < 1:
+        raise EnsError(f"--k {k}: expected a positive number of neighbours")
     neighbors, how = search(q_emb, i_emb, max(k, map_k), approx_above)
     report = retrieval_metrics(neighbors, q_labels, i_labels, k, map_k)
     if how["type"] != "exact":

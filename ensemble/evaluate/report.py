@@ -11,23 +11,27 @@ from ..data.manifest import Manifest
 from ..train.checkpoint import atomic_write_text
 
 
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown_table(reports: list[dict], k: int = 5) -> str:
     """One row per report: model, dim, mP@k, recall@1, mAP@100, then mP@k per domain."""
     domains = sorted({d for r in reports for d in r.get("per_domain", {})})
     lines = ["| model | dim | mP@%d | recall@1 | mAP@100 | %s |" % (k, " | ".join(domains)),
              "|---|---|---|---|---|" + "---|" * len(domains)]
     for r in reports:
-        per = " | ".join(f"{r['per_domain'].get(d, float('nan')):.3f}" for d in domains)
-        lines.append(f"| {r['model']} | {r.get('dim', '')} | {r[f'mP@{k}']:.3f} | {r['recall@1']:.3f} | "
-                     f"{r['mAP@100']:.3f} | {per} |")
+        per = " | ".join(_num(r.get("per_domain", {}).get(d)) for d in domains)
+        lines.append(f"| {r['model']} | {r.get('dim', '')} | {_num(r[f'mP@{k}'])} | {_num(r['recall@1'])} | "
+                     f"{_num(r['mAP@100'])} | {per} |")
     excluded = sum(r.get("excluded_queries", 0) for r in reports)
     if excluded:
         lines.append(f"\n{excluded} queries had no relevant index image and were excluded (GUIE rule).")
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, reports: list[dict]) -> None:
-    atomic_write_text(path, markdown_table(reports))
+def write_markdown(path: Path, reports: list[dict], k: int = 5) -> None:
+    atomic_write_text(path, markdown_table(reports, k))
 
 
 def _thumb(path: str, size_px: int = 96) -> np.ndarray:

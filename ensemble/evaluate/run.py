@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config.load import load_data_cfg
-from ..data.manifest import Manifest, read_manifest
+from ..data.manifest import Manifest, check_unique, read_manifest
 from ..device import pick_device
 from ..distributed import device_for, world
 from ..embed.cache import embed_manifest
@@ -95,8 +95,11 @@ def evaluate(spec: str | None, workdir: str | Path, data: str | None = None, que
              index: str | None = None, k: int = 5, out: str | Path | None = None, features: str | None = None,
              workers: int = 2, approx_above: int | None = APPROX_ABOVE) -> dict:
     """Score MODEL on query vs index; write JSON, Markdown and a PNG of example queries."""
+    if k < 1:
+        raise EnsError(f"--k {k}: expected a positive number of neighbours")
     model = resolve_model(spec, workdir, features)
     q_manifest, i_manifest = eval_manifests(data, query, index, model.data)
+    check_unique(i_manifest)
     q = embed_with(model, q_manifest, workdir, workers=workers)
     x = embed_with(model, i_manifest, workdir, workers=workers)
     report = evaluate_embeddings(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains,
@@ -105,8 +108,8 @@ def evaluate(spec: str | None, workdir: str | Path, data: str | None = None, que
                   index=str(i_manifest.source), k=k, tta=model.tta.describe())
     out = Path(out) if out else Path(workdir) / "reports" / f"{model.name.replace(':', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2))
-    write_markdown(out.with_suffix(".md"), [report])
+    atomic_write_text(out, json.dumps(report, indent=2, allow_nan=False))
+    write_markdown(out.with_suffix(".md"), [report], k)
     write_png(out.with_suffix(".png"), q_manifest, i_manifest, knn(q, x, k), title=model.name)
     report["files"] = [str(out), str(out.with_suffix(".md")), str(out.with_suffix(".png"))]
     return report

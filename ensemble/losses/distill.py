@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config.schema import DistillLossCfg
+from .precision import float32_loss
 
 
 def cosine_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,9 +53,9 @@ def similarity_kl_loss(student: torch.Tensor, target: torch.Tensor, temperature:
                     reduction="batchmean")
 
 
+@float32_loss
 def distill_terms(student: torch.Tensor, target: torch.Tensor, cfg: DistillLossCfg) -> dict[str, torch.Tensor]:
     """The enabled terms, weighted (arcface is added by the task, which owns the head)."""
-    student, target = student.float(), target.float()
     terms = {}
     if cfg.cosine:
         terms["cosine"] = cfg.cosine * cosine_loss(student, target)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import HeadCfg
+from .precision import float32_loss
 
 
 class MarginHead(nn.Module):
@@ -40,6 +41,10 @@ class MarginHead(nn.Module):
         raise NotImplementedError
 
     def forward(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._logits(emb, targets)
+
+    @float32_loss
+    def _logits(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cos = self.cosine(emb)
         target_cos = cos.gather(1, targets[:, None]).squeeze(1)
         adjusted = self.apply_margin(target_cos, self.margins_for(targets))

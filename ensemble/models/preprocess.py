@@ -23,3 +23,13 @@ class Preprocess(nn.Module):
         x = x.float() / 255.0
         x = F.interpolate(x, size=(self.size_px, self.size_px), mode="bilinear", antialias=True, align_corners=False)
         return (x - self.mean) / self.std
+
+
+RESIZE = "bilinear-antialias"  # the one resize of training, eval and exported files (Preprocess)
+
+
+def preprocess_record(size_px: int, mean, std, train_resize: str) -> dict:
+    """What a model file says about its inputs: every consumer rebuilds `Preprocess` from this."""
+    return {"size_px": int(size_px), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "scale": "uint8 / 255", "resize": RESIZE, "interpolation": "bilinear", "antialias": True,
+            "train_resize": train_resize}

@@ -2,16 +2,28 @@ import numpy as np
 import pytest
 
 from ensemble.config.schema import AugmentCfg
-from ensemble.data.augment import build_train_transform
+import torch
+
+from ensemble.data.augment import build_train_transform, to_uint8_tensor
 from ensemble.errors import EnsError
+from ensemble.models.preprocess import Preprocess
 
 
 def test_default_guie_ops_give_normalised_tensor():
     transform = build_train_transform(AugmentCfg(), 48, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     names = [type(t).__name__ for t in transform.compose.transforms]
-    assert names == ["Resize", "HorizontalFlip", "ColorJitter", "Affine", "CoarseDropout", "Normalize", "ToTensorV2"]
+    assert names == ["HorizontalFlip", "ColorJitter", "Affine", "CoarseDropout"]
     out = transform(np.full((30, 70, 3), 255, np.uint8))
     assert tuple(out.shape) == (3, 48, 48) and out.max() <= 1.0 + 1e-6
+
+
+def test_without_ops_training_pixels_are_the_eval_pixels():
+    """Resize and normalisation in training are the eval `Preprocess` itself, not a look-alike."""
+    image = np.random.default_rng(1).integers(0, 255, (61, 90, 3), dtype=np.uint8)
+    mean, std = (0.50196, 0.4, 0.3), (0.50196, 0.2, 0.25)
+    train = build_train_transform(AugmentCfg(ops={}), 40, mean, std)(image)
+    evaluated = Preprocess(40, mean, std)(to_uint8_tensor(image)[None])[0]
+    assert torch.equal(train, evaluated)
 
 
 def test_ops_can_be_disabled_and_are_seeded():

@@ -104,3 +104,58 @@ def test_show_describes_students_and_exported_files(distilled_workspace, tmp_pat
     assert shown.exit_code == 0 and json.loads(shown.output)["model"] == "student:stu"
     missing = CliRunner().invoke(main, ["show", "student:none", "--workdir", str(distilled_workspace)])
     assert missing.exit_code == 2 and missing.output.startswith("error: ")
+
+
+def test_exported_file_refuses_input_outside_its_contract(distilled_workspace, tmp_path):
+    out = tmp_path / "guard.pt"
+    export("student:stu", distilled_workspace, out, sample=2)
+    module = export_mod.jit_load(out)
+    ok = torch.randint(0, 256, (2, 3, 20, 30), dtype=torch.uint8)
+    assert module(ok).shape == (2, 8)
+    bad = [(ok.float() / 255, r"expected a uint8 tensor \[B,3,H,W\].*\(x \* 255\)"),
+           (ok.bool(), "expected a uint8 tensor"),
+           (ok[:, :1], r"expected shape \[B,3,H,W\] .*got \[2, 1, 20, 30\]"),
+           (torch.cat([ok, ok[:, :1]], 1), r"got \[2, 4, 20, 30\]"),
+           (ok.permute(0, 2, 3, 1).contiguous(), r"for \[B,H,W,3\] pass images.permute\(0, 3, 1, 2\)"),
+           (ok[0], r"got \[3, 20, 30\]"),
+           (ok[:0], "non-empty batch")]
+    for images, message in bad:
+        with pytest.raises(Exception, match=message):
+            module(images)
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(distilled_workspace, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from ensemble import atomic
+    from ensemble.cli import main
+
+    real_fdopen = atomic.os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    out = tmp_path / "exports" / "s.pt"
+    result = CliRunner().invoke(main, ["export", "student:stu", "--out", str(out), "--sample", "2",
+                                       "--workdir", str(distilled_workspace)])
+    assert result.exit_code == 2 and result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert f"error: {out}: No space left on device" in result.output and "give another --workdir" in result.output
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: type("U", (), {"free": 10})())
+    result = CliRunner().invoke(main, ["export", "student:stu", "--out", str(out), "--sample", "2",
+                                       "--workdir", str(distilled_workspace)])
+    assert result.exit_code == 2 and "bytes to write, 10 free" in result.output and list(out.parent.iterdir()) == []

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,65 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips(tmp_path, coil_data, monk
     train_member(load_member_cfg(recipe, ["loader.nonfinite=skip"]), tmp_path / "skip")
     records = [json.loads(x) for x in (tmp_path / "skip/members/tiny/metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_batches"] for r in records] == [0, 3, 3]
+
+
+def test_training_eval_and_export_prepare_images_identically(tmp_path, coil_data):
+    """A member on weights whose mean/std (0.50196, from their JSON) differ from timm's defaults for
+    the architecture: the model file records them, and training-time features == eval == export."""
+    import timm
+
+    from ensemble.config.schema import AugmentCfg
+    from ensemble.data.augment import build_train_transform
+    from ensemble.data.decode import decode_image
+    from ensemble.data.manifest import read_manifest
+    from ensemble.embed.extract import TTA, extract_many
+    from ensemble.embed.models import load_member_embedder
+    from ensemble.export import decoded_tensor, export, jit_load
+    from tests.conftest import SHARED, need_shared
+
+    weights = need_shared(SHARED / "weights" / "mobilenetv2_100.coral_in1k.safetensors")
+    assert timm.get_pretrained_cfg("mobilenetv2_100").mean[0] == pytest.approx(0.485)  # the library default
+    sets = ["backbone.source=timm", "backbone.arch=mobilenetv2_100", f"backbone.pretrained={weights}",
+            "backbone.image_size=64", "backbone.freeze_bn=true", "eval.enabled=false",
+            "stages=[{train: [neck, head], epochs: 1}]"]
+    cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data, name="mnv2"), sets)
+    train_member(cfg, tmp_path / "runs")
+    model, payload = load_member_model(tmp_path / "runs" / "members" / "mnv2" / "best.pt")
+    assert payload["preprocess"]["mean"] == pytest.approx([0.50196] * 3, abs=1e-5)
+    assert model.backbone.mean == pytest.approx((0.50196,) * 3, abs=1e-5) and model.backbone.image_size == 64
+
+    paths = list(read_manifest(coil_data.parent / "query.csv").paths)
+    train_pixels = build_train_transform(AugmentCfg(ops={}), 64, model.backbone.mean, model.backbone.std)
+    with torch.no_grad():
+        at_training = model.features(torch.stack([train_pixels(decode_image(p)) for p in paths]))
+    emb = load_member_embedder(tmp_path / "runs", "mnv2", "neck", torch.device("cpu"))
+    at_eval = extract_many([emb], paths, torch.device("cpu"), TTA(flip=False), workers=0)[0]
+    assert np.allclose(at_training.numpy(), at_eval, atol=1e-5)
+
+    out = tmp_path / "mnv2.pt"
+    export("mnv2", tmp_path / "runs", out, sample=2, verify_manifest=str(coil_data.parent / "query.csv"))
+    flipped = extract_many([emb], paths, torch.device("cpu"), TTA(flip=True), workers=0)[0]
+    with torch.no_grad():
+        exported = np.stack([jit_load(out)(decoded_tensor(p))[0].numpy() for p in paths])
+    assert np.sum(exported * flipped, axis=1).min() > 0.9999
+
+
+def test_a_read_only_workspace_is_a_one_line_error(trained_workspace, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from ensemble.cli import main
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    out = tmp_path / "reports" / "r.json"
+    result = CliRunner().invoke(main, ["eval", "vit_a", "--out", str(out), "--workers", "0",
+                                       "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.count("error: ") == 1 and f"error: {trained_workspace}/cache/" in result.output
+    assert ": Read-only file system (the workspace is on a read-only file system; give a writable --workdir)" \
+        in result.output

@@ -40,6 +40,9 @@ def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, featur
     """An Embedder over an in-memory member model."""
     if features not in FEATURES:
         raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
+    if size_px and size_px != model.backbone.image_size and model.backbone.fixed_size:
+        raise EnsError(f"{name}: eval.image_size {size_px} px, but this ViT takes only its training size "
+                       f"{model.backbone.image_size} px (positional embedding); leave eval.image_size unset")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).eval()
     dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}

@@ -70,6 +70,13 @@ class Backbone(nn.Module):
             state[key] = resample_abs_pos_embed(state[key], list(self.tower.patch_embed.grid_size),
                                                 num_prefix_tokens=prefix_tokens)
 
+    @property
+    def fixed_size(self) -> bool:
+        """A ViT whose positional embedding fixes its input size (it cannot embed at another size)."""
+        if self.source == "open_clip":
+            return hasattr(self.tower, "positional_embedding")
+        return hasattr(self.tower, "pos_embed") and not getattr(self.tower, "dynamic_img_size", False)
+
     def describe(self) -> dict:
         return {"source": self.source, "out_dim": self.out_dim, "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}

@@ -22,6 +22,10 @@ class Task(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called with the global epoch index before each epoch (e.g. margin schedules)."""
 
+    def epoch_info(self) -> dict:
+        """Facts about the epoch that just ran, for metrics.jsonl (e.g. the scheduled margin)."""
+        return {}
+
     def set_trainable(self, names: list[str]) -> None:
         """Only the named parts learn; frozen parts run in eval mode without gradients."""
         wanted = set(self.parts()) if "all" in names else set(names)

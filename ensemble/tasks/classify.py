@@ -25,6 +25,9 @@ class ClassifyTask(Task):
     def on_epoch_start(self, epoch: int) -> None:
         self.head.margin_rad = margin_at_epoch(self.head_cfg, epoch)
 
+    def epoch_info(self) -> dict:
+        return {"margin_rad": float(self.head.margin_rad)}
+
     def loss(self, batch: dict) -> torch.Tensor:
         if "backbone" in self.trainable:
             feats = self.model.backbone(batch["images"])

@@ -36,6 +36,9 @@ class DistillTask(Task):
         if self.head is not None:
             self.head.margin_rad = margin_at_epoch(self.head_cfg, epoch)
 
+    def epoch_info(self) -> dict:
+        return {"margin_rad": float(self.head.margin_rad)} if self.head is not None else {}
+
     def loss(self, batch: dict) -> torch.Tensor:
         with torch.set_grad_enabled("backbone" in self.trainable and torch.is_grad_enabled()):
             feats = self.model.backbone(batch["images"])

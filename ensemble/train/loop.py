@@ -169,7 +169,8 @@ class Trainer:
         record = {"stage": si, "epoch": epoch, "global_epoch": global_epoch, "train": stage.train,
                   "loss": totals["loss"] / max(totals["batches"], 1), "images": totals["images"],
                   "skipped_batches": totals["skipped"], "img_per_s": totals["images"] / max(seconds, 1e-9),
-                  "seconds": seconds, "lr": lrs}
+                  "seconds": seconds, "lr": lrs, "autocast": str(self.dtype).replace("torch.", "") if self.dtype else None,
+                  **self.task.epoch_info()}
         log.info("%s: loss %.4f, %.1f img/s", desc, record["loss"], record["img_per_s"])
         return record
 

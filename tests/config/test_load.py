@@ -58,3 +58,60 @@ def test_data_config_resolves_and_checks_manifests(tmp_path):
         load_data_cfg(tmp_path / "d.yaml")
     (tmp_path / "d.yaml").write_text("train: t.csv\n")
     assert load_data_cfg(tmp_path / "d.yaml").train == (tmp_path / "t.csv").resolve()
+
+
+def test_base_rebases_inherited_weights_path_from_any_folder(tmp_path):
+    """A base's relative `pretrained` file means the same from a recipe in another folder."""
+    weights = tmp_path / "w" / "net.safetensors"
+    weights.parent.mkdir()
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"a": torch.zeros(2)}, str(weights))
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "data.yaml").write_text("{}\n")
+    (tmp_path / "base" / "b.yaml").write_text("data: data.yaml\nbackbone: {source: timm, arch: mobilenetv1_100, "
+                                              "pretrained: ../w/net.safetensors}\n")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    child = tmp_path / "deep" / "er" / "c.yaml"
+    child.write_text("base: ../../base/b.yaml\nseed: 3\n")
+    cfg = load_member_cfg(child)
+    assert cfg.backbone.pretrained == str(weights.resolve()) and cfg.seed == 3
+
+
+def test_fallback_never_replaces_the_architecture(tmp_path):
+    path = recipe(tmp_path, "backbone: {source: timm, arch: mobilenetv1_100, pretrained: gone.safetensors,\n"
+                            "           fallback: {arch: mobilenetv2_100.ra_in1k, pretrained: hub}}\n")
+    with pytest.raises(EnsError, match=r"fallback would replace arch 'mobilenetv1_100' with 'mobilenetv2_100"):
+        load_member_cfg(path)
+    ok = recipe(tmp_path, "backbone: {source: timm, arch: mobilenetv1_100, pretrained: gone.safetensors,\n"
+                          "           fallback: {arch: mobilenetv1_100.ra4_e3600_r224_in1k, pretrained: hub}}\n")
+    assert load_member_cfg(ok).backbone.arch == "mobilenetv1_100.ra4_e3600_r224_in1k"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"hello, not tensors", "not a valid safetensors file"),
+    ("truncated", "not a valid safetensors file"),
+])
+def test_bad_weights_file_fails_at_load_with_one_line(tmp_path, content, message):
+    path = tmp_path / "w.safetensors"
+    if content == "truncated":
+        from safetensors.torch import save_file
+        import torch
+
+        save_file({"a": torch.zeros(1000)}, str(path))
+        path.write_bytes(path.read_bytes()[:500])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(EnsError, match=message):
+        load_member_cfg(recipe(tmp_path, "backbone: {source: timm, arch: mobilenetv1_100, pretrained: w.safetensors}\n"))
+
+
+def test_bad_values_fail_with_one_line(tmp_path):
+    with pytest.raises(EnsError, match=r"key 'backbone.image_size': Input should be less than or equal to 1024"):
+        load_member_cfg(recipe(tmp_path, "backbone: {image_size: 10000}\n"))
+    with pytest.raises(EnsError, match=r"key 'name': String should match pattern"):
+        load_member_cfg(recipe(tmp_path, "name: ../../x\n"))
+    with pytest.raises(EnsError, match=r"--set 'optim=\{lr: \[': value is not valid YAML"):
+        apply_overrides({}, ["optim={lr: ["])

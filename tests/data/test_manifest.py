@@ -28,3 +28,22 @@ def test_one_image_has_one_spelling_through_dotdot_and_linked_folders(tmp_path):
                                               f"{tmp_path}/lists/../images/a.jpg,x\n")
     paths = read_manifest(tmp_path / "lists" / "m.csv").paths
     assert set(paths) == {str((tmp_path / "images" / "a.jpg").resolve())}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("path,label\na.jpg,caf\xe9\n".encode("latin-1"), r"m.csv: not UTF-8 text \(byte 0xe9 at offset 20\)"),
+    (b"path,label,domain\n", r"m.csv: manifest has a header but no rows"),
+    (b"", r"m.csv: empty file"),
+    (b"path,label\na.jpg,x\nb.jpg,\n", r"m.csv: line 3: empty label"),
+    (b"path,label\n,x\n", r"m.csv: line 2: empty path"),
+    (b"file,label\na.jpg,x\n", r"m.csv: manifest needs columns \['label', 'path'\]; missing \['path'\]"),
+])
+def test_bad_manifests_are_one_line_errors(tmp_path, content, message):
+    (tmp_path / "m.csv").write_bytes(content)
+    with pytest.raises(EnsError, match=message):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_unlabelled_rows_are_allowed_where_labels_are_optional(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\na.jpg,x\nb.jpg,\n")
+    assert read_manifest(tmp_path / "m.csv", require_label=False).labels == ("x", "")

@@ -66,6 +66,25 @@ def test_second_embedding_is_a_cache_hit_and_new_checkpoint_misses(trained_works
     emb.key = "a-retrained-checkpoint:neck"
     embed_manifest([emb], manifest, tmp_path, cpu, workers=0)
     assert len(runs) == 3  # an entry of an old checkpoint is never used
+    emb.mean = (0.1, 0.2, 0.3)
+    embed_manifest([emb], manifest, tmp_path, cpu, workers=0)
+    assert len(runs) == 4  # nor one made with other preprocessing
+
+
+def test_a_damaged_cache_file_is_recomputed_not_used(trained_workspace, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    manifest = read_manifest(trained_workspace.parent / "query.csv")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    first = embed_manifest([emb], manifest, tmp_path, cpu, workers=0)[0]
+    npy = cache_module.cache_path(tmp_path, emb, manifest, TTA())
+    raw = bytearray(npy.read_bytes())
+    raw[-len(first) * 4:] = bytes(len(first) * 4)  # zero the last rows' bytes, keep the header and size
+    npy.write_bytes(bytes(raw))
+    runs = []
+    real = cache_module.extract_many
+    monkeypatch.setattr(cache_module, "extract_many", lambda *a, **k: runs.append(1) or real(*a, **k))
+    again = embed_manifest([emb], manifest, tmp_path, cpu, workers=0)[0]
+    assert runs == [1] and np.array_equal(first, again)
 
 
 def test_images_cached_under_another_manifest_are_not_extracted_again(trained_workspace, tmp_path, monkeypatch):

@@ -45,3 +45,24 @@ def test_eval_errors_are_one_line(trained_workspace):
     assert result.exit_code == 2 and "--query and --index must be given together" in result.output
     result = CliRunner().invoke(main, ["fuse", "--pca", "999", "--members", "vit_a", "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "pca: 999 dims requested" in result.output
+
+
+def test_eval_refuses_duplicate_index_rows_and_bad_k(trained_workspace, tmp_path):
+    index = trained_workspace.parent / "index.csv"
+    lines = index.read_text().splitlines()
+    doubled = tmp_path / "index.csv"
+    doubled.write_text("\n".join([*lines, lines[1]]) + "\n")
+    query = trained_workspace.parent / "query.csv"
+    result = CliRunner().invoke(main, ["eval", "vit_a", "--query", str(query), "--index", str(doubled),
+                                       "--workdir", str(trained_workspace), "--workers", "0"])
+    assert result.exit_code == 2 and f"lines 2 and {len(lines) + 1} list the same image" in result.output
+    result = CliRunner().invoke(main, ["eval", "vit_a", "--k", "-3", "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and "-3 is not in the range x>=1" in result.output
+
+
+def test_eval_with_other_k_reports_that_k_in_valid_json(trained_workspace, tmp_path):
+    out = tmp_path / "k3.json"
+    text = run("eval", "vit_a", "--k", 3, "--workdir", trained_workspace, "--out", out, "--workers", 0)
+    report = json.loads(out.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert report["k"] == 3 and "mP@3" in report and "| mP@3 |" in text
+    assert out.with_suffix(".md").read_text().startswith("| model | dim | mP@3 |")

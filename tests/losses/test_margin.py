@@ -67,3 +67,20 @@ def test_margin_schedule_and_adaptive_margins():
     assert margins[0] > margins[1] > margins[2]
     head = build_head(HeadCfg(adaptive_margin={"a": 0.45, "b": 0.05}), 4, [1, 16, 10000])
     assert torch.allclose(head.margins_for(torch.tensor([2, 0])), torch.tensor([0.05, 0.5]))
+
+
+@pytest.mark.parametrize("head_type", ["arcface", "cosface"])
+def test_heads_train_under_bf16_autocast_in_float32(head_type):
+    """Under autocast the neck's output is bf16; the head computes in float32 and equals the fp32 head."""
+    torch.manual_seed(0)
+    neck = torch.nn.Linear(12, 8)
+    head = build_head(HeadCfg(type=head_type, subcenters=2), 8, [3, 4, 5, 6])
+    images, targets = torch.randn(6, 12), torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = neck(images)
+        assert emb.dtype == torch.bfloat16
+        logits = head(emb, targets)
+    assert logits.dtype == torch.float32
+    F.cross_entropy(logits, targets).backward()
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+    assert torch.allclose(logits, head(emb.detach().float(), targets), atol=1e-5)

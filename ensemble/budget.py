@@ -51,8 +51,8 @@ def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
     return counter.get_total_flops() / 1e9, size
 
 
-def branch_of(cfg) -> Branch:
-    gflops, size = count_gflops(cfg)
+def branch_of(cfg, size_px: int | None = None) -> Branch:
+    gflops, size = count_gflops(cfg, size_px)
     return Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, gflops)
 
 
@@ -89,7 +89,7 @@ def branches_for(spec: str | None, workdir: str | Path, recipes: str | Path = "m
         schema = StudentCfg if model.kind == "student" else MemberCfg
         cfg = schema.model_validate(cfg_dict)
         cfg.eval.flip_tta = model.tta.flip
-        out.append(branch_of(cfg))
+        out.append(branch_of(cfg, emb.size_px))  # the size the model file says it embeds at
     return model.name, out
 
 

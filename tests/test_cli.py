@@ -80,3 +80,13 @@ def test_quickstart_data_is_shipped_small_and_licensed():
     train, query = read_manifest(cfg.train), read_manifest(cfg.query)
     assert all(Path(p).is_file() for p in train.paths + query.paths)
     assert not set(train.labels) & set(query.labels)  # open set, like GUIE
+
+
+def test_names_cannot_leave_the_workspace(tmp_path, coil_data):
+    result = CliRunner().invoke(main, ["fuse", "--pca", "4", "--members", "a", "--name", "../../x",
+                                       "--workdir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "key 'name': String should match pattern" in result.output
+    recipe = tiny_recipe(tmp_path, coil_data, "name: ../../x")
+    result = CliRunner().invoke(main, ["train-member", "--cfg", str(recipe), "--workdir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "key 'name': String should match pattern" in result.output
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()

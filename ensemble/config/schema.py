@@ -120,6 +120,7 @@ class OptimCfg(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     grad_clip: float | None = Field(None, gt=0)
+    max_steps_per_epoch: PositiveInt | None = None  # smoke runs: end each epoch after this many steps
 
 
 class StageCfg(Strict):

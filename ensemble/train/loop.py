@@ -140,8 +140,8 @@ class Trainer:
             barrier(self.world)
 
     def _steps_per_epoch(self, global_epoch: int) -> int:
-        loader = self.spec.make_loader(global_epoch)
-        return max(1, math.ceil(len(loader) / self.spec.optim.accum_steps))
+        steps = max(1, math.ceil(len(self.spec.make_loader(global_epoch)) / self.spec.optim.accum_steps))
+        return min(steps, self.spec.optim.max_steps_per_epoch or steps)
 
     def _run_epoch(self, si, stage, epoch, global_epoch, optimizer, scheduler, scaler) -> dict:
         seed_everything(self.spec.seed, global_epoch)
@@ -150,26 +150,33 @@ class Trainer:
         loader = self.spec.make_loader(global_epoch)
         desc = f"stage {si + 1}/{len(self.spec.stages)} [{'+'.join(stage.train)}] epoch {epoch + 1}/{stage.epochs}"
         bar = tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not self.world.main)
-        totals = {"loss": 0.0, "batches": 0, "images": 0, "skipped": 0}
+        totals = {"loss": 0.0, "batches": 0, "images": 0, "skipped": 0, "steps": 0}
         lrs = {g["tag"]: g["lr"] for g in optimizer.param_groups}
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        accum = self.spec.optim.accum_steps
+        max_batches = min(len(loader), (self.spec.optim.max_steps_per_epoch or len(loader)) * accum)
         for i, batch in enumerate(bar):
+            if i >= max_batches:
+                break
             self.spec.on_batch(batch)
             if batch["images"] is None:
                 continue
-            loss = self._step(batch, i, len(loader), optimizer, scheduler, scaler, (si, epoch))
+            loss = self._step(batch, i, max_batches, optimizer, scheduler, scaler, (si, epoch))
             totals["skipped" if loss is None else "batches"] += 1
             totals["loss"] += 0.0 if loss is None else loss
             totals["images"] += len(batch["indices"])
+            totals["steps"] += loss is not None and ((i + 1) % accum == 0 or i + 1 == max_batches)
             rate = totals["images"] / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{totals['loss'] / max(totals['batches'], 1):.4f}", img_s=f"{rate:.1f}")
         bar.close()
         seconds = time.perf_counter() - started
         record = {"stage": si, "epoch": epoch, "global_epoch": global_epoch, "train": stage.train,
                   "loss": totals["loss"] / max(totals["batches"], 1), "images": totals["images"],
-                  "skipped_batches": totals["skipped"], "img_per_s": totals["images"] / max(seconds, 1e-9),
-                  "seconds": seconds, "lr": lrs, "autocast": str(self.dtype).replace("torch.", "") if self.dtype else None,
+                  "skipped_batches": totals["skipped"], "steps": int(totals["steps"]),
+                  "img_per_s": totals["images"] / max(seconds, 1e-9),
+                  "seconds": seconds, "lr": lrs,
+                  "autocast": str(self.dtype).replace("torch.", "") if self.dtype else None,
                   **self.task.epoch_info()}
         log.info("%s: loss %.4f, %.1f img/s", desc, record["loss"], record["img_per_s"])
         return record

@@ -105,7 +105,8 @@ def test_bad_weights_file_fails_at_load_with_one_line(tmp_path, content, message
     else:
         path.write_bytes(content)
     with pytest.raises(EnsError, match=message):
-        load_member_cfg(recipe(tmp_path, "backbone: {source: timm, arch: mobilenetv1_100, pretrained: w.safetensors}\n"))
+        load_member_cfg(recipe(tmp_path, "backbone: {source: timm, arch: mobilenetv1_100, "
+                                         "pretrained: w.safetensors}\n"))
 
 
 def test_bad_values_fail_with_one_line(tmp_path):

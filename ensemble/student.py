@@ -27,7 +27,8 @@ from .device import pick_device
 from .distributed import barrier, world
 from .errors import EnsError
 from .losses.margin import build_head
-from .member import MODEL_FILE, eval_key, evaluate_model, init_from_member, load_member_model, loader_factory, save_model
+from .member import (MODEL_FILE, eval_key, evaluate_model, init_from_member, load_member_model, loader_factory,
+                     save_model)
 from .models.member import build_member_model
 from .tasks.distill import DistillTask
 from .train.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint

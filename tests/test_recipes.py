@@ -61,7 +61,7 @@ class RecipeWorkspace:
     def __init__(self, folder: Path):
         self.folder, self.workdir = folder, folder / "runs"
         self.data = _tiny_data(folder)
-        self.paths = {Path(p).stem: ROOT / p for p in RECIPES}
+        self.members = {p.stem: p for p in ROOT.glob("members/**/*.yaml")}  # member names are file stems
         self.done: dict[str, dict] = {}
 
     def overrides(self, path: Path) -> list[str]:
@@ -103,10 +103,8 @@ class RecipeWorkspace:
         return cfg
 
     def member_path(self, name: str) -> Path:
-        path = ROOT / "members"
-        found = [p for p in path.glob("**/*.yaml") if p.stem == name]
-        assert found, f"no member recipe named {name}"
-        return found[0]
+        assert name in self.members, f"no member recipe named {name}"
+        return self.members[name]
 
     def ensemble(self, name: str) -> None:
         from ensemble.fuse.config import ensemble_cfg

@@ -25,14 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import median_seconds  # noqa: E402
+from quality import median_seconds
 
-import ensemble.data.dataset as dataset_module  # noqa: E402
-from ensemble.data.decode import decode_image  # noqa: E402
-from ensemble.data.manifest import read_manifest  # noqa: E402
-from ensemble.embed.extract import TTA, MultiTransform, extract_many  # noqa: E402
-from ensemble.embed.models import load_member_embedder  # noqa: E402
-from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
+import ensemble.data.dataset as dataset_module
+from ensemble.data.decode import decode_image
+from ensemble.data.manifest import read_manifest
+from ensemble.embed.extract import TTA, MultiTransform, extract_many
+from ensemble.evaluate.metrics import evaluate_embeddings
+from ensemble.workspace import Workspace
+from ensemble.workspace.resolve import load_members
 
 GROCERY = ROOT.parent / "shared" / "data" / "grocery"
 WORKDIR = ROOT / "runs"
@@ -159,8 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    v1 = load_member_embedder(WORKDIR, "mnv1_grocery", "backbone", device)
-    v2 = load_member_embedder(WORKDIR, "mnv2_grocery", "backbone", device)
+    v1, v2 = (p.embedder for p in load_members(Workspace(WORKDIR), ["mnv1_grocery", "mnv2_grocery"], "backbone",
+                                                device))
     paths = list(read_manifest(GROCERY / "index.csv").paths)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     result = {"command": "python bench/embed.py " + " ".join(sys.argv[1:]), "date": str(date.today()),

@@ -137,7 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.out:
         result = measure()
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        sys.path.insert(0, str(ROOT))
+        from ensemble.atomic import atomic_write_json
+
+        atomic_write_json(args.out, result)
         print(table(result))
     if args.record:
         result = json.loads(Path(args.record).read_text())

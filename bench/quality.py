@@ -30,19 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg  # noqa: E402
-from ensemble.data.manifest import read_manifest  # noqa: E402
-from ensemble.embed.cache import embed_manifest  # noqa: E402
-from ensemble.embed.extract import TTA  # noqa: E402
-from ensemble.embed.models import file_sha1, model_embedder  # noqa: E402
-from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
-from ensemble.evaluate.run import resolve_model  # noqa: E402
-from ensemble.fuse.config import ensemble_cfg  # noqa: E402
-from ensemble.fuse.ensemble import fuse  # noqa: E402
-from ensemble.member import train_member  # noqa: E402
-from ensemble.models.member import build_member_model  # noqa: E402
-from ensemble.pipeline import export_or_reuse, fuse_or_reuse  # noqa: E402
-from ensemble.student import distill  # noqa: E402
+from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg
+from ensemble.data.manifest import read_manifest
+from ensemble.deploy.export import export_or_reuse
+from ensemble.deploy.torchscript import embed_exported, jit_load
+from ensemble.embed.cache import embed_manifest
+from ensemble.embed.embedder import model_embedder
+from ensemble.embed.extract import TTA
+from ensemble.evaluate.metrics import evaluate_embeddings
+from ensemble.fuse.config import ensemble_cfg
+from ensemble.fuse.fit import fuse, fuse_or_reuse
+from ensemble.hashing import file_sha1
+from ensemble.models.member import build_member_model
+from ensemble.train.member import train_member
+from ensemble.train.student import distill
+from ensemble.workspace import resolve_model
 
 WORKDIR = ROOT / "runs"
 CPU = torch.device("cpu")
@@ -78,7 +80,7 @@ def cost(embedders, flip: bool = True, batch: int = 32) -> tuple[float, float]:
 
 
 def row(name: str, embedders, combine, query, index) -> dict:
-    q, x = (combine(embed_manifest(embedders, m, WORKDIR, CPU, TTA(flip=True))) for m in (query, index))
+    q, x = (combine(embed_manifest(embedders, m, WORKDIR / "cache", CPU, TTA(flip=True))) for m in (query, index))
     report = evaluate_embeddings(q, query.labels, x, index.labels, 5, query.domains)
     gflops, ms = cost(embedders)
     return {"model": name, "dim": int(q.shape[1]), "mP@5": round(report["mP@5"], 4),
@@ -105,9 +107,9 @@ def dataset_rows(data: str) -> list[dict]:
         rows.append(row(f"member {member}", m.embedders, m.combine, query, index))
     concat = fuse(ensemble_cfg(WORKDIR, None, members=",".join(MEMBERS[data]), no_pca=True, features="backbone",
                                name=f"{data}_concat"), WORKDIR)
-    rows.append(row("plain concatenation", concat.embedders, concat.transform, query, index))
+    rows.append(row("plain concatenation", concat.embedders, concat.combine, query, index))
     ens = fuse_or_reuse(ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{data}_cpu.yaml")), WORKDIR)
-    rows.append(row(f"fused ensemble (PCA-{ens.description['out_dim']})", ens.embedders, ens.transform, query, index))
+    rows.append(row(f"fused ensemble (PCA-{ens.out_dim})", ens.embedders, ens.combine, query, index))
     student_cfg = load_student_cfg(ROOT / "distill" / "cpu" / f"{MEMBERS[data][0]}.yaml")
     distill(student_cfg, WORKDIR)
     student = resolve_model(f"student:{student_cfg.name}", WORKDIR)
@@ -119,9 +121,7 @@ def dataset_rows(data: str) -> list[dict]:
 def exported_row(path: Path, student_emb, query, index) -> dict:
     """The exported file's own embeddings (each image fed whole, uint8); cost as the student's, timed
     on the TorchScript module with uint8 inputs at the student's size (its resize is then a no-op)."""
-    from ensemble.export import embed_exported, jit_load
-
-    q, x = (embed_exported(path, m, WORKDIR, workers=2) for m in (query, index))
+    q, x = (embed_exported(path, m, WORKDIR / "cache", workers=2) for m in (query, index))
     report = evaluate_embeddings(q, query.labels, x, index.labels, 5, query.domains)
     gflops, _ = cost([student_emb])
     module, size = jit_load(path), student_emb.size_px
@@ -150,8 +150,8 @@ def cross_domain_rows(data: str, other: str) -> list[dict]:
         rows.append({**row(f"member {member}", at_size(m.embedders), m.combine, query, index), "baseline": baseline})
     ens = ensemble_cfg(WORKDIR, str(ROOT / "configs" / "ensemble" / f"{other}_cpu.yaml"))
     ens = fuse_or_reuse(ens, WORKDIR)
-    rows.append({**row(f"fused ensemble {ens.name} (PCA-{ens.description['out_dim']})", at_size(ens.embedders),
-                       ens.transform, query, index), "baseline": baselines[0]})
+    rows.append({**row(f"fused ensemble {ens.ensemble.name} (PCA-{ens.out_dim})", at_size(ens.embedders),
+                       ens.combine, query, index), "baseline": baselines[0]})
     student = resolve_model(f"student:{load_student_cfg(ROOT / 'distill' / 'cpu' / f'{MEMBERS[other][0]}.yaml').name}",
                             WORKDIR)
     rows.append({**row(f"student {student.name}", at_size(student.embedders), student.combine, query, index),

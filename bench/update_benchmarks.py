@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ensemble.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PATH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEvery table is written by a script in `bench/` (command, date and machine inside it).\n"
@@ -14,14 +18,10 @@ def update_section(title: str, body: str) -> None:
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    PATH.write_text(text.rstrip() + "\n")
+    atomic_write_text(PATH, text.rstrip() + "\n")
 
 
 def record(name: str, result: dict, title: str, body: str) -> None:
     """Store `result` as bench/results/<name>.json and put `body` under `## <title>` in BENCHMARKS.md."""
-    import json
-
-    results = PATH.parent / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"{name}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(PATH.parent / "bench" / "results" / f"{name}.json", result)
     update_section(title, body)

@@ -1,12 +1,23 @@
-"""Atomic file writes (temp file in the same folder, fsync, rename): readers never see half a file."""
+"""The one atomic writer: temp file in the same folder, fsync, rename; readers never see half a file.
+
+Every artifact, report, cache entry and checkpoint is written through `atomic_file`; a failed or
+interrupted write removes its temp file and names the target in the error.
+"""
 
 from __future__ import annotations
 
 import errno
+import io
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -15,30 +26,31 @@ def _umask() -> int:
     return mask
 
 
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Give a finished temp file normal permissions (mkstemp makes it 0600) and rename it into place."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the file we meant to write (not the temp file)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+@contextmanager
+def atomic_file(path: str | Path, expected_bytes: int = 0) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces `path` only when the block finishes without error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(path.parent, len(data))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(path.parent, expected_bytes)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # e.g. a read-only workspace: name the file we meant to write
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    except OSError as exc:  # e.g. a read-only workspace
+        raise _named(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        publish(tmp, path)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+        os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None  # name the file being written
+        raise _named(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,5 +65,29 @@ def check_free_space(folder: Path, nbytes: int) -> None:
                       str(folder))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    with atomic_file(path, len(data)) as handle:
+        handle.write(data)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    """JSON without NaN (not JSON; a missing score is null)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def atomic_write_npy(path: str | Path, array: np.ndarray) -> bytes:
+    """Write an .npy file; returns its bytes (callers record their checksum)."""
+    data = npy_bytes(array)
+    atomic_write_bytes(path, data)
+    return data

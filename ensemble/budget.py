@@ -12,8 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from .config.load import load_member_cfg, load_student_cfg, read_yaml
+from .device import pick_device
 from .errors import EnsError
+from .models.member import build_member_model
+from .workspace.resolve import ResolvedModel, resolve_model
 
 # dense fp16/bf16 tensor-core peaks, TFLOP/s (DOMAIN.md)
 PEAK_TFLOPS = {"T4": 65.0, "P100": 18.7, "A100": 312.0, "H100": 989.0}
@@ -39,10 +44,6 @@ class Branch:
 
 def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
     """(GFLOPs of one forward pass, image size) of a member/student recipe, built on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .models.member import build_member_model
-
     model = build_member_model(cfg, load_weights=False, device="meta").eval()
     size = size_px or cfg.eval.image_size or model.backbone.image_size
     x = torch.empty(1, 3, size, size, device="meta")
@@ -56,41 +57,33 @@ def branch_of(cfg, size_px: int | None = None) -> Branch:
     return Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, gflops)
 
 
-def branches_for(spec: str | None, workdir: str | Path, recipes: str | Path = "members") -> tuple[str, list[Branch]]:
-    """What MODEL runs per image: a recipe/config file (no weights needed) or a trained model."""
-    from .config.load import load_member_cfg, load_student_cfg, read_yaml
-    from .config.schema import MemberCfg, StudentCfg
+def recipe_branches(spec: str, recipes: str | Path = "members") -> tuple[str, list[Branch]]:
+    """What a recipe or ensemble config runs per image (no weights needed)."""
+    raw = read_yaml(spec)
+    if "members" in raw:  # an ensemble config: members are recipe names under `recipes`
+        flip = (raw.get("tta") or {}).get("flip", True)
+        out = []
+        for name in raw["members"]:
+            path = Path(recipes) / f"{name}.yaml"
+            if not path.is_file():
+                raise EnsError(f"{spec}: member {name!r}: recipe not found at {path} (see --recipes)")
+            cfg = load_member_cfg(path)
+            cfg.eval.flip_tta = bool(flip)
+            out.append(branch_of(cfg))
+        return Path(spec).stem, out
+    loader = load_student_cfg if "teacher" in raw or "loss" in raw else load_member_cfg
+    cfg = loader(spec)
+    return cfg.name, [branch_of(cfg)]
 
-    spec = spec or "ensemble"
-    if spec.endswith((".yaml", ".yml")):
-        raw = read_yaml(spec)
-        if "members" in raw:  # an ensemble config: members are recipe names under `recipes`
-            flip = (raw.get("tta") or {}).get("flip", True)
-            out = []
-            for name in raw["members"]:
-                path = Path(recipes) / f"{name}.yaml"
-                if not path.is_file():
-                    raise EnsError(f"{spec}: member {name!r}: recipe not found at {path} (see --recipes)")
-                cfg = load_member_cfg(path)
-                cfg.eval.flip_tta = bool(flip)
-                out.append(branch_of(cfg))
-            return Path(spec).stem, out
-        loader = load_student_cfg if "teacher" in raw or "loss" in raw else load_member_cfg
-        cfg = loader(spec)
-        return cfg.name, [branch_of(cfg)]
-    if spec.endswith(".pt"):
-        raise EnsError(f"MODEL {spec}: budget counts FLOPs from recipes; give the student or ensemble it came from")
-    from .evaluate.run import resolve_model
 
-    model = resolve_model(spec, workdir)
+def model_branches(model: ResolvedModel) -> list[Branch]:
+    """One branch per model file of a resolved MODEL, at the size its file says it embeds at."""
     out = []
-    for emb in model.embedders:
-        cfg_dict = emb.info["config"]
-        schema = StudentCfg if model.kind == "student" else MemberCfg
-        cfg = schema.model_validate(cfg_dict)
+    for part in model.parts:
+        cfg = part.file.cfg.model_copy(deep=True)
         cfg.eval.flip_tta = model.tta.flip
-        out.append(branch_of(cfg, emb.size_px))  # the size the model file says it embeds at
-    return model.name, out
+        out.append(branch_of(cfg, part.embedder.size_px))
+    return out
 
 
 def time_module(module, device: torch.device, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
@@ -108,14 +101,10 @@ def time_module(module, device: torch.device, batch: int = 8, seconds: float = 1
     return done / (time.perf_counter() - started), name
 
 
-def measure_img_per_s(spec: str, workdir: str | Path, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
-    """Images/s of the exported-form module (resize + flips + merge + PCA) on uint8 640x480 inputs."""
-    from .device import pick_device
-    from .export import build_module
-
-    module, _ = build_module(spec, workdir)
+def measure_img_per_s(model: ResolvedModel, batch: int = 8, seconds: float = 10.0) -> tuple[float, str]:
+    """Images/s of the exported-form graph (resize + flips + merge + PCA) on uint8 640x480 inputs."""
     device = pick_device("auto")
-    return time_module(module.to(device).eval(), device, batch, seconds)
+    return time_module(model.graph().to(device).eval(), device, batch, seconds)
 
 
 def project(gflops_per_image: float, images: int, utilization: float) -> dict[str, float]:
@@ -130,17 +119,20 @@ def budget(spec: str | None, workdir: str | Path, images: int = 205_000, hours: 
     """FLOPs, measured speed (for trained models, or with measure=True) and per-GPU projections."""
     if not 0 < utilization <= 1:
         raise EnsError(f"--utilization {utilization}: expected a fraction in (0, 1]")
-    name, branches = branches_for(spec, workdir, recipes)
+    recipe_only = (spec or "").endswith((".yaml", ".yml"))
+    if (spec or "").endswith(".pt"):
+        raise EnsError(f"MODEL {spec}: budget counts FLOPs from recipes; give the student or ensemble it came from")
+    model = None if recipe_only else resolve_model(spec, workdir, device=torch.device("cpu"))
+    name, branches = recipe_branches(spec, recipes) if recipe_only else (model.name, model_branches(model))
     gflops = sum(b.gflops_per_image for b in branches)
     result = {"model": name, "images": images, "hours_allowed": hours, "utilization": utilization,
               "gflops_per_image": gflops, "branches": [b.__dict__ | {"gflops_per_image": b.gflops_per_image}
                                                        for b in branches],
               "projected_hours": project(gflops, images, utilization)}
-    recipe_only = (spec or "").endswith((".yaml", ".yml"))
     if measure if measure is not None else not recipe_only:
         if recipe_only:
             raise EnsError("--measure needs a trained model (member, ensemble, student:<name>), not a recipe")
-        img_s, device = measure_img_per_s(spec or "ensemble", workdir)
+        img_s, device = measure_img_per_s(model)
         result["measured"] = {"device": device, "img_per_s": img_s, "ms_per_image": 1000 / img_s,
                               "hours": images / img_s / 3600}
     result["fits"] = {gpu: h <= hours for gpu, h in result["projected_hours"].items()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -81,35 +80,15 @@ def main(ctx, debug: bool, verbose: bool) -> None:
 @WORKDIR
 def train_member_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc: int, workdir: str) -> None:
     """Train one member (resumes from its last checkpoint when rerun)."""
-    from .config.load import load_member_cfg
-    from .member import format_plan, plan, train_member
+    from .commands import train_member
 
-    cfg = load_member_cfg(cfg_path, list(overrides))
-    if dry_run:
-        click.echo(format_plan(plan(cfg)))
-        return
-    relaunch(nproc)
-    result = train_member(cfg, workdir)
-    if "rank" not in result:
-        click.echo(format_member_result(result))
+    echo(train_member.run(cfg_path, list(overrides), dry_run, workdir, launch=lambda: relaunch(nproc)))
 
 
-def format_member_result(result: dict) -> str:
-    """One table: untrained backbone vs the trained member's neck and backbone features."""
-    if "trained" not in result:
-        return f"member {result['name']}: trained (eval disabled)"
-    rows = [("untrained backbone", result["untrained_backbone"]),
-            ("trained, neck", result["trained"]["neck"]), ("trained, backbone", result["trained"]["backbone"])]
-    domains = sorted(result["trained"]["neck"].get("per_domain", {}))
-    lines = [f"member {result['name']} (query vs index, flip TTA: {result['flip_tta']}, "
-             f"{result['eval_image_size']} px)",
-             "| features | mP@5 | recall@1 | " + " | ".join(domains) + " |",
-             "|---|---|---|" + "---|" * len(domains)]
-    for name, r in rows:
-        per = " | ".join(f"{r['per_domain'][d]:.3f}" for d in domains)
-        lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
-    lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
-    return "\n".join(lines)
+def echo(text: str) -> None:
+    """Print a command's text (empty on the non-main ranks of a multi-process run)."""
+    if text:
+        click.echo(text)
 
 
 MODEL_ARG = click.argument("model", required=False)
@@ -129,14 +108,10 @@ FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), d
 @WORKDIR
 def embed_cmd(model, manifest, out, tta, features, workers, nproc, workdir):
     """Embed a manifest with MODEL (member name, `ensemble[:name]`, `student:<name>`; default: newest ensemble)."""
-    from .distributed import world
-    from .evaluate.run import embed_to_file
+    from .commands import embed
 
     relaunch(nproc)
-    meta = embed_to_file(model, workdir, manifest, out, tta, features, workers)
-    if not world().main:
-        return
-    click.echo(f"wrote {out}: {meta['rows']} x {meta['dim']} ({meta['model']}, tta {meta['tta']})")
+    echo(embed.run(model, workdir, manifest, out, tta, features, workers))
 
 
 @main.command("fuse")
@@ -154,18 +129,10 @@ def embed_cmd(model, manifest, out, tta, features, workers, nproc, workdir):
 @WORKDIR
 def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, merge, overrides, workdir):
     """Fuse trained members into one embedding: merge per architecture, concatenate, PCA."""
-    from .fuse.config import ensemble_cfg
-    from .fuse.ensemble import fuse
+    from .commands import fuse
 
-    cfg = ensemble_cfg(workdir, config_path, list(overrides), members=members, pca=pca, no_pca=no_pca,
-                       name=name, fit_on=fit_on, features=features, whiten=whiten, merge=merge)
-    ens = fuse(cfg, workdir)
-    d = ens.description
-    reducer = d["reducer"]
-    facts = (f"PCA {d['concat_dim']} -> {reducer['dims']} (explained variance {reducer['explained_variance_ratio']:.3f})"
-             if reducer else f"concatenation, {d['concat_dim']}-d")
-    click.echo(f"ensemble {ens.name}: {len(d['members'])} members in {len(d['groups'])} groups, {d['features']} "
-               f"features, {facts}, fitted on {d['fit_on']['rows']} images")
+    echo(fuse.run(workdir, config_path, list(overrides), members=members, pca=pca, no_pca=no_pca, name=name,
+                  fit_on=fit_on, features=features, whiten=whiten, merge=merge))
 
 
 @main.command("eval")
@@ -182,16 +149,9 @@ def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, 
 @WORKDIR
 def eval_cmd(model, data, query, index, k, out, features, workers, approx_above, workdir):
     """mP@5 (GUIE), recall@1, mAP@100, per domain, for MODEL; writes JSON, Markdown and PNG."""
-    from .evaluate.report import markdown_table
-    from .evaluate.run import evaluate
+    from .commands import eval as eval_command
 
-    report = evaluate(model, workdir, data, query, index, k, out, features, workers, approx_above)
-    click.echo(markdown_table([report], k).rstrip())
-    if "search" in report:
-        s = report["search"]
-        click.echo(f"approximate search (IVF-Flat, nlist {s['nlist']}, nprobe {s['nprobe']}): keeps "
-                   f"{s['recall_vs_exact']:.3f} of the exact top-{max(k, 100)} on {s['checked_queries']} queries")
-    click.echo("wrote " + ", ".join(report["files"]))
+    echo(eval_command.run(model, workdir, data, query, index, k, out, features, workers, approx_above))
 
 
 @main.command("distill")
@@ -203,26 +163,9 @@ def eval_cmd(model, data, query, index, k, out, features, workers, approx_above,
 @WORKDIR
 def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc: int, workdir: str) -> None:
     """Train a student on the fused ensemble's embedding (resumes when rerun)."""
-    from .config.load import load_student_cfg
-    from .member import format_plan, plan
-    from .student import distill
+    from .commands import distill
 
-    cfg = load_student_cfg(cfg_path, list(overrides))
-    if dry_run:
-        click.echo(format_plan(plan(cfg)).replace("member ", "student ", 1))
-        return
-    relaunch(nproc)
-    result = distill(cfg, workdir)
-    if "rank" in result:
-        return
-    if "student" not in result:
-        click.echo(f"student {result['name']}: trained (eval disabled)")
-        return
-    r = result["student"]
-    domains = sorted(r.get("per_domain", {}))
-    click.echo(f"student {result['name']} (teacher ensemble {result['teacher']}, {result['eval_image_size']} px, "
-               f"flip TTA: {result['flip_tta']}): mP@5 {r['mP@5']:.3f}, recall@1 {r['recall@1']:.3f}"
-               + "".join(f", {d} {r['per_domain'][d]:.3f}" for d in domains))
+    echo(distill.run(cfg_path, list(overrides), dry_run, workdir, launch=lambda: relaunch(nproc)))
 
 
 @main.command("export")
@@ -234,12 +177,9 @@ def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc:
 @WORKDIR
 def export_cmd(model, out, sample, verify_manifest, workdir):
     """Write MODEL (student:<name>, a member, or the ensemble) as one self-contained TorchScript file."""
-    from .export import export
+    from .commands import export
 
-    desc = export(model, workdir, out, sample, verify_manifest)
-    v = desc["verify"]
-    click.echo(f"wrote {out} ({desc['kind']} {desc['model']}, {len(desc['members'])} model(s), "
-               f"{desc['output_dim']}-d); verified on {v['images']} images: min cosine {v['min_cosine']:.5f}")
+    echo(export.run(model, workdir, out, sample, verify_manifest))
 
 
 @main.command("budget")
@@ -256,13 +196,9 @@ def export_cmd(model, out, sample, verify_manifest, workdir):
 @WORKDIR
 def budget_cmd(model, images, hours, gpus, utilization, measure, recipes, as_json, workdir):
     """FLOPs per image, speed here, and whether MODEL (trained, or a recipe/ensemble config) fits the budget."""
-    from .budget import DEFAULT_UTILIZATION, budget, format_budget
+    from .commands import budget
 
-    result = budget(model, workdir, images, hours, utilization or DEFAULT_UTILIZATION, measure, recipes)
-    if gpus:
-        for key in ("projected_hours", "fits"):
-            result[key] = {g: v for g, v in result[key].items() if g in gpus}
-    click.echo(json.dumps(result, indent=2) if as_json else format_budget(result))
+    echo(budget.run(model, workdir, images, hours, gpus, utilization, measure, recipes, as_json))
 
 
 @main.command("pipeline")
@@ -270,11 +206,9 @@ def budget_cmd(model, images, hours, gpus, utilization, measure, recipes, as_jso
 @WORKDIR
 def pipeline_cmd(config: str, workdir: str) -> None:
     """Train members, fuse, distil, export, evaluate all of them; print one table (reruns reuse work)."""
-    from .pipeline import format_table, load_pipeline_cfg, run_pipeline
+    from .commands import pipeline
 
-    summary = run_pipeline(load_pipeline_cfg(config), workdir)
-    click.echo(format_table(summary))
-    click.echo("wrote " + ", ".join(summary["files"]))
+    echo(pipeline.run(config, workdir))
 
 
 @main.group("data")
@@ -292,28 +226,18 @@ def data_group() -> None:
               help="Data config pointed at the downloaded manifests.")
 def data_fetch_cmd(name: str, dest: str, shared: str, data_config: str) -> None:
     """Get NAME (grocery: GroceryStoreDataset, MIT) and its open-set train/query/index manifests."""
-    from .data.fetch import fetch
+    from .commands import data
 
-    folder = fetch(name, dest, shared, data_config)
-    if str(folder) == shared:
-        click.echo(f"{name}: using {folder} (already here; {data_config} points there)")
-    else:
-        click.echo(f"{name}: manifests in {folder}; {data_config} now points there")
+    echo(data.run_fetch(name, dest, shared, data_config))
 
 
 @data_group.command("build")
 @click.argument("config", type=click.Path())
 def data_build_cmd(config: str) -> None:
     """Merge dataset layouts (manifest, image folder, GLDv2, Products-10K) into one balanced manifest."""
-    from .data.build import build, load_build_cfg
+    from .commands import data
 
-    summary = build(load_build_cfg(config))
-    click.echo(f"wrote {summary['out']}: {summary['rows']:,} rows, {summary['labels']:,} labels "
-               f"({summary['labels_dropped']} labels dropped, {summary['labels_capped']} capped, "
-               f"{summary['rows_repeated']} rows repeated)")
-    for name, c in summary["per_source"].items():
-        click.echo(f"  {name}: {c['images_found']:,} images / {c['labels_found']:,} labels found, "
-                   f"{c['rows']:,} rows / {c['labels']:,} labels kept")
+    echo(data.run_build(config))
 
 
 @main.command("show")
@@ -321,21 +245,9 @@ def data_build_cmd(config: str) -> None:
 @WORKDIR
 def show_cmd(model: str, workdir: str) -> None:
     """Print a trained member's, `student:<name>`'s or an exported file's self-description."""
-    from .member import MODEL_FILE, member_dir
-    from .train.checkpoint import load_checkpoint
+    from .commands import show
 
-    if model.endswith(".pt"):
-        from .export import read_export_meta
-
-        click.echo(json.dumps(read_export_meta(model), indent=2))
-        return
-    if model.startswith("student:"):
-        from .student import student_dir
-
-        payload = load_checkpoint(student_dir(workdir, model.partition(":")[2]) / MODEL_FILE, kind="student_model")
-    else:
-        payload = load_checkpoint(member_dir(workdir, model) / MODEL_FILE, kind="member_model")
-    click.echo(json.dumps({**payload["describe"], "preprocess": payload.get("preprocess")}, indent=2))
+    echo(show.run(model, workdir))
 
 
 if __name__ == "__main__":

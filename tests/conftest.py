@@ -73,7 +73,7 @@ def coil_data(tmp_path) -> Path:
 def trained_workspace(tmp_path_factory) -> Path:
     """A workspace with three tiny trained members: vit_a, vit_b (same arch, other seed), tvit (timm)."""
     from ensemble.config.load import load_member_cfg
-    from ensemble.member import train_member
+    from ensemble.train.member import train_member
 
     folder = tmp_path_factory.mktemp("ws")
     data = make_coil_data(folder)
@@ -114,14 +114,21 @@ STUDENT_SETS = ["teacher=teach", "neck.dims=[8]", "loss.sim_kl=0.5", "eval.enabl
 
 @pytest.fixture(scope="session")
 def distilled_workspace(trained_workspace) -> Path:
-    """trained_workspace plus ensemble `teach` (vit_a + tvit, PCA 8) and a tiny student `stu` distilled from it."""
+    """A copy of trained_workspace's members plus ensemble `teach` (vit_a + tvit, PCA 8) and a tiny student
+    `stu` distilled from it. A copy: tests that add ensembles here never change what trained_workspace holds."""
+    import shutil
+
     from ensemble.config.load import load_student_cfg
     from ensemble.config.schema import EnsembleCfg
-    from ensemble.fuse.ensemble import fuse
-    from ensemble.student import distill
+    from ensemble.fuse.fit import fuse
+    from ensemble.train.student import distill
 
+    runs = trained_workspace.parent / "distilled" / "runs"
+    shutil.copytree(trained_workspace / "members", runs / "members")
+    for data in [*trained_workspace.parent.glob("*.csv"), trained_workspace.parent / "data.yaml"]:
+        shutil.copy(data, runs.parent / data.name)  # the same data beside it (tests read ../query.csv etc.)
     fuse(EnsembleCfg.model_validate({"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone",
-                                     "pca": 8, "fit_on": "index", "workers": 0, "device": "cpu"}), trained_workspace)
-    folder = trained_workspace.parent
-    distill(load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="stu"), STUDENT_SETS), trained_workspace)
-    return trained_workspace
+                                     "pca": 8, "fit_on": "index", "workers": 0, "device": "cpu"}), runs)
+    folder = runs.parent
+    distill(load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="stu"), STUDENT_SETS), runs)
+    return runs

@@ -57,9 +57,9 @@ def test_every_student_recipe_passes_dry_run(recipe):
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "grocery_cpu.yaml"])
 def test_pipeline_configs_and_their_recipes_load(config):
+    from ensemble.commands.pipeline import load_pipeline_cfg
     from ensemble.config.load import load_member_cfg, load_student_cfg
     from ensemble.fuse.config import ensemble_cfg
-    from ensemble.pipeline import load_pipeline_cfg
 
     if config == "grocery_cpu.yaml":
         need_shared(MOBILENET_V1)

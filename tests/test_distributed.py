@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import torch
 
+from ensemble.checkpoint import load_checkpoint
 from ensemble.distributed import ShardedSampler, World
-from ensemble.train.checkpoint import load_checkpoint
 from tests.conftest import tiny_recipe
 
 TIMM = ["backbone.source=timm", "backbone.arch=test_vit", "eval.enabled=false",

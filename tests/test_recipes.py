@@ -91,12 +91,12 @@ class RecipeWorkspace:
         if cfg.backbone.init_from:
             self.run(self.member_path(cfg.backbone.init_from))
         if isinstance(cfg, StudentCfg):
-            from ensemble.student import distill
+            from ensemble.train.student import distill
 
             self.ensemble(cfg.teacher)
             distill(cfg, self.workdir)
         else:
-            from ensemble.member import train_member
+            from ensemble.train.member import train_member
 
             train_member(cfg, self.workdir)
         self.done[key] = cfg
@@ -108,7 +108,7 @@ class RecipeWorkspace:
 
     def ensemble(self, name: str) -> None:
         from ensemble.fuse.config import ensemble_cfg
-        from ensemble.fuse.ensemble import fuse
+        from ensemble.fuse.fit import fuse
 
         if f"ensemble:{name}" in self.done:
             return
@@ -133,9 +133,10 @@ def _records(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_shipped_recipe_trains_embeds_and_exports(recipe, recipe_ws):
-    from ensemble.evaluate.run import embed_to_file
-    from ensemble.export import export, jit_load
-    from ensemble.member import load_member_model
+    from ensemble.commands.embed import embed_to_file
+    from ensemble.deploy.export import export
+    from ensemble.deploy.torchscript import jit_load
+    from ensemble.workspace import load_model_file
 
     path = ROOT / recipe
     cfg = recipe_ws.run(path)
@@ -155,9 +156,10 @@ def test_shipped_recipe_trains_embeds_and_exports(recipe, recipe_ws):
         backbone_stages = [r for r in records if {"backbone", "all"} & set(r["train"])]
         assert backbone_stages and all(any(k.startswith("backbone.") for k in r["lr"]) for r in backbone_stages)
 
-    model, payload = load_member_model(run_dir / "best.pt", "student_model" if student else "member_model")
+    file = load_model_file(run_dir / "best.pt", "student_model" if student else "member_model")
+    model = file.model
     size = cfg.backbone.image_size or model.backbone.image_size
-    assert payload["preprocess"]["size_px"] == size
+    assert file.preprocess["size_px"] == size
     if cfg.backbone.source == "open_clip":  # positional embedding resampled to the recipe's grid
         tower = model.backbone.tower
         assert tower.positional_embedding.shape[0] == (size // 14) ** 2 + 1

@@ -16,7 +16,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_file, atomic_write_text
 from ..errors import EnsError
 
 log = logging.getLogger("ensemble")
@@ -79,8 +79,7 @@ def download_grocery(dest: Path, url: str = GROCERY_URL) -> None:
             if not rel.startswith(("dataset/", "LICENSE")) or member.endswith("/"):
                 continue
             target = dest / "images" / rel if rel.startswith("dataset/") else dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(target, "wb") as out:
+            with archive.open(member) as src, atomic_file(target, archive.getinfo(member).file_size) as out:
                 shutil.copyfileobj(src, out)
 
 

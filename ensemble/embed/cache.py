@@ -7,7 +7,6 @@ with cached ones (e.g. a distill set = train + index) extracts only the images n
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_npy, atomic_write_text
 from ..data.manifest import Manifest
 from ..distributed import world
-from ..train.checkpoint import atomic_write_bytes, atomic_write_text
+from ..hashing import file_sha1
 from .extract import TTA, Embedder, extract_many
-from .models import file_sha1
 
 log = logging.getLogger("ensemble")
 
@@ -29,9 +28,9 @@ def identity(emb: Embedder, tta: TTA) -> str:
     return f"{emb.key}|{emb.size_px}|{list(emb.mean)}|{list(emb.std)}|{tta.describe()}"
 
 
-def cache_path(workdir: str | Path, emb: Embedder, manifest: Manifest, tta: TTA) -> Path:
+def cache_path(cache_dir: Path, emb: Embedder, manifest: Manifest, tta: TTA) -> Path:
     key = hashlib.sha1(f"{identity(emb, tta)}|{manifest.sha1}".encode()).hexdigest()[:20]
-    return Path(workdir) / "cache" / emb.name / f"{key}.npy"
+    return Path(cache_dir) / emb.name / f"{key}.npy"
 
 
 def _entry_sha1(path: Path) -> str | None:
@@ -41,11 +40,12 @@ def _entry_sha1(path: Path) -> str | None:
         return None
 
 
-def _load(path: Path, rows: int, dim: int, mmap: bool = False) -> np.ndarray | None:
-    """A cache entry whose bytes match the checksum stored beside it, else None (recomputed)."""
+def _load(path: Path, rows: int, dim: int, mmap: bool = False, expected: str | None = None) -> np.ndarray | None:
+    """A cache entry whose bytes match the checksum stored beside it (`expected`, when its JSON is
+    already read), else None (recomputed)."""
     if not path.is_file():
         return None
-    expected = _entry_sha1(path)
+    expected = expected or _entry_sha1(path)
     if expected is None or file_sha1(path) != expected:
         log.warning("ignoring cache file %s: its content does not match the checksum stored with it", path)
         return None
@@ -61,10 +61,7 @@ def _load(path: Path, rows: int, dim: int, mmap: bool = False) -> np.ndarray | N
 
 
 def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, feats.astype(np.float16))  # half the disk; cosine error ~1e-4
-    data = buffer.getvalue()
-    atomic_write_bytes(path, data)
+    data = atomic_write_npy(path, feats.astype(np.float16))  # half the disk; cosine error ~1e-4
     atomic_write_text(path.with_suffix(".paths"), "\n".join(manifest.paths))
     atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
         {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
@@ -72,13 +69,13 @@ def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta
          "npy_sha1": hashlib.sha1(data).hexdigest()}, indent=1))
 
 
-def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
+def cached_rows(cache_dir: Path, emb: Embedder, manifest: Manifest,
                 tta: TTA) -> tuple[np.ndarray | None, np.ndarray]:
     """(features, found): rows of `manifest` that other cache entries of the same model, size and TTA
     already hold (matched by image path); rows not found are zero. features is None when none is found."""
     feats, found = None, np.zeros(len(manifest), bool)
     row_of = {path: i for i, path in enumerate(manifest.paths)}  # canonical paths: one spelling per image
-    for meta_path in sorted(Path(workdir, "cache", emb.name).glob("*.json")):
+    for meta_path in sorted(Path(cache_dir, emb.name).glob("*.json")):
         try:
             meta = json.loads(meta_path.read_text())
             paths = meta_path.with_suffix(".paths").read_text().split("\n")
@@ -87,7 +84,8 @@ def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
         if meta.get("identity") != identity(emb, tta):
             continue
         pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
-        cached = _load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True) if pairs else None
+        cached = (_load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True, expected=meta.get("npy_sha1"))
+                  if pairs and meta.get("npy_sha1") else None)
         if cached is not None:
             rows, source = (np.array(side) for side in zip(*pairs, strict=True))
             values = np.asarray(cached[source], np.float32)
@@ -99,7 +97,7 @@ def cached_rows(workdir: str | Path, emb: Embedder, manifest: Manifest,
     return feats, found
 
 
-def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str | Path, device: torch.device,
+def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Path, device: torch.device,
                    tta: TTA = TTA(), batch_size: int = 64, workers: int = 2, max_fail_ratio: float = 0.01,
                    use_cache: bool = True, mmap: bool = False) -> list[np.ndarray]:
     """Features of `manifest` for each embedder: cache hits are read; for the misses, rows cached
@@ -108,12 +106,12 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
 
     mmap: return the float16 cache files memory-mapped (for data larger than memory).
     """
-    paths = [cache_path(workdir, e, manifest, tta) for e in embedders]
+    paths = [cache_path(cache_dir, e, manifest, tta) for e in embedders]
     found = [_load(p, len(manifest), e.out_dim, mmap) if use_cache else None
              for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
-        computed = _extract_missing([embedders[i] for i in missing], manifest, workdir, device, tta, batch_size,
+        computed = _extract_missing([embedders[i] for i in missing], manifest, cache_dir, device, tta, batch_size,
                                     workers, max_fail_ratio, use_cache)
         main = world().main
         for i, feats in zip(missing, computed, strict=True):
@@ -126,10 +124,10 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, workdir: str |
     return found
 
 
-def _extract_missing(embedders: list[Embedder], manifest: Manifest, workdir, device, tta: TTA, batch_size: int,
+def _extract_missing(embedders: list[Embedder], manifest: Manifest, cache_dir: Path, device, tta: TTA, batch_size: int,
                      workers: int, max_fail_ratio: float, use_cache: bool) -> list[np.ndarray]:
     """Features of every row for each embedder: rows cached under other manifests, the rest extracted."""
-    reused = [cached_rows(workdir, e, manifest, tta) for e in embedders] if use_cache else []
+    reused = [cached_rows(cache_dir, e, manifest, tta) for e in embedders] if use_cache else []
     todo = np.flatnonzero(~np.logical_and.reduce([found for _, found in reused])) if reused else None
     if todo is None or len(todo) == len(manifest):  # nothing to reuse: no second full-size array
         return extract_many(embedders, manifest.paths, device, tta, batch_size, workers, max_fail_ratio,

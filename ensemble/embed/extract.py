@@ -7,7 +7,7 @@ image once and produce one tensor per distinct preprocessing, so N members cost 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +35,6 @@ class Embedder:
     out_dim: int
     fn: Callable[[torch.Tensor], torch.Tensor]
     channels_last: bool = False
-    info: dict = field(default_factory=dict)  # e.g. train manifest hash, checkpoint path
 
     def views(self, sizes: list[int] | None = None) -> list[tuple]:
         """Preprocessing specs this model needs: its size plus any extra TTA sizes."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_file, atomic_write_text
 from ..data.decode import DecodeError, decode_image
 from ..data.manifest import Manifest
-from ..train.checkpoint import atomic_write_text
 
 
 def _num(value) -> str:
@@ -80,7 +80,8 @@ def write_png(path: Path, q: Manifest, x: Manifest, neighbors: np.ndarray, title
                 spine.set_linewidth(3 if c else 1)
     fig.suptitle(f"{title}: queries and their top-{k} (green = relevant)", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as handle:
+            fig.savefig(handle, dpi=90, format="png")
+    finally:
+        plt.close(fig)

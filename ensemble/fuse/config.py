@@ -6,14 +6,7 @@ from pathlib import Path
 
 from ..config.load import apply_overrides, read_yaml, validate
 from ..config.schema import EnsembleCfg
-from ..errors import EnsError
-
-
-def trained_members(workdir: str | Path) -> list[str]:
-    found = sorted(p.parent.name for p in (Path(workdir) / "members").glob("*/best.pt"))
-    if not found:
-        raise EnsError(f"no trained members in {workdir}/members (run `ens train-member` first)")
-    return found
+from ..workspace.layout import Workspace
 
 
 def ensemble_cfg(workdir, path: str | None = None, overrides: list[str] | None = None, **flags) -> EnsembleCfg:
@@ -26,7 +19,7 @@ def ensemble_cfg(workdir, path: str | None = None, overrides: list[str] | None =
     if flags.get("members"):
         raw["members"] = [m.strip() for m in flags["members"].split(",") if m.strip()]
     if "members" not in raw:
-        raw["members"] = trained_members(workdir)
+        raw["members"] = Workspace.at(workdir).trained_members()
     for key in ("name", "fit_on", "features", "whiten", "merge", "pca"):
         if flags.get(key) is not None:
             raw[key] = flags[key]

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..atomic import atomic_file
 from ..errors import EnsError
-from ..atomic import atomic_write_bytes
+from .graph import pca_project, pca_scale
 
 
 def _chunks(features, chunk_rows: int):
@@ -68,20 +70,17 @@ class PCAReducer:
         """Project rows; refuses a feature width other than the one fitted."""
         if features.ndim != 2 or features.shape[1] != self.in_dim:
             raise EnsError(f"reducer expects {self.in_dim}-d features, got shape {tuple(features.shape)}")
-        out = (np.asarray(features, np.float32) - self.mean.astype(np.float32)) @ self.components.T.astype(np.float32)
-        if self.whiten:
-            out /= np.sqrt(self.explained_variance.astype(np.float32) + 1e-12)
+        with torch.no_grad():
+            out = pca_project(*(torch.from_numpy(np.asarray(a, np.float32)) for a in (
+                features, self.mean, self.components, pca_scale(self.explained_variance, self.whiten)))).numpy()
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def save(self, path: str | Path) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, components=self.components, explained_variance=self.explained_variance,
-                 total_variance=self.total_variance, whiten=self.whiten)
-        atomic_write_bytes(path, buffer.getvalue())
+        with atomic_file(path) as handle:
+            np.savez(handle, mean=self.mean, components=self.components, explained_variance=self.explained_variance,
+                     total_variance=self.total_variance, whiten=self.whiten)
 
     @classmethod
     def load(cls, path: str | Path) -> PCAReducer:

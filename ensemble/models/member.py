@@ -10,6 +10,8 @@ from ..config.schema import MemberCfg
 from .backbone import Backbone, build_backbone
 from .neck import build_neck
 
+FEATURES = ("neck", "backbone", "both")
+
 
 class EmbeddingModel(nn.Module):
     """backbone -> neck. `forward` gives the neck embedding (not normalised)."""
@@ -25,12 +27,18 @@ class EmbeddingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.backbone(x))
 
-    def features(self, x: torch.Tensor, which: str = "neck") -> torch.Tensor:
-        """L2-normalised `neck` embedding or pooled `backbone` feature."""
-        feats = self.backbone(x)
-        if which == "neck":
-            feats = self.neck(feats)
-        return F.normalize(feats.float(), dim=-1)
+    def embed(self, x: torch.Tensor, features: str = "neck", normalize: bool = True) -> torch.Tensor:
+        """The one backbone -> neck -> normalise path: the `neck` embedding, the pooled `backbone`
+        feature, or `both` (each L2-normalised, concatenated); float32."""
+        if features not in FEATURES:
+            raise ValueError(f"features: expected one of {FEATURES}, got {features!r}")
+        pooled = self.backbone(x)
+        if features == "backbone":
+            return F.normalize(pooled.float(), dim=-1) if normalize else pooled.float()
+        neck = self.neck(pooled)
+        if features == "neck":
+            return F.normalize(neck.float(), dim=-1) if normalize else neck.float()
+        return torch.cat([F.normalize(neck.float(), dim=-1), F.normalize(pooled.float(), dim=-1)], dim=1)
 
 
 def build_member_model(cfg: MemberCfg, load_weights: bool = True, device: str | None = None) -> EmbeddingModel:

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config.schema import OptimCfg, StageCfg
 from ..device import autocast_dtype, memory_format
 from ..distributed import barrier, device_for, world
 from ..errors import EnsError
 from ..tasks.base import Task
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler, param_groups
 
 log = logging.getLogger("ensemble")
@@ -214,7 +215,6 @@ class Trainer:
             raise EnsError(f"{message}; stopped, last good checkpoint kept at {self.last_path}")
         log.warning("%s; batch skipped", message)
         optimizer.zero_grad(set_to_none=True)
-        return None
 
     def _save(self, stage: int, epoch: int, optimizer, scheduler, scaler) -> None:
         payload = {"ens_kind": self.spec.kind, "stage": stage, "epoch": epoch, "config": self.spec.config,

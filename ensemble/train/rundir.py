@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic import atomic_write_json
+from ..checkpoint import load_checkpoint
 from ..errors import EnsError
-from .checkpoint import atomic_write_text, load_checkpoint
+from .loop import check_same_recipe
 
 
 @contextmanager
@@ -41,8 +43,6 @@ def run_lock(run_dir: Path, active: bool = True) -> Iterator[None]:
 
 def check_resume_recipe(run_dir: Path, kind: str, key: dict) -> None:
     """Refuse a run folder whose checkpoint came from another recipe, before anything there is written."""
-    from .loop import check_same_recipe
-
     last = run_dir / "last.pt"
     if last.exists():
         check_same_recipe(last, load_checkpoint(last, kind=kind)["recipe_key"], key)
@@ -59,5 +59,5 @@ def cached_result(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
         if stored.get("eval_key") == key:
             return stored
     result = {**compute(), "eval_key": key}
-    atomic_write_text(path, json.dumps(result, indent=2, allow_nan=False))
+    atomic_write_json(path, result)
     return result

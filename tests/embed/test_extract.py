@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,12 @@ import ensemble.embed.cache as cache_module
 from ensemble.data.manifest import read_manifest
 from ensemble.embed.cache import embed_manifest
 from ensemble.embed.extract import TTA, extract_many
-from ensemble.embed.models import load_member_embedder
+from ensemble.workspace.layout import Workspace
+from ensemble.workspace.resolve import load_members
+
+
+def load_member_embedder(workdir, name, features, device):
+    return load_members(Workspace(workdir), [name], features, device)[0].embedder
 
 
 def counting_decoder(monkeypatch):
@@ -41,9 +47,12 @@ def test_flip_tta_averages_both_views(trained_workspace):
     emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
     paths = read_manifest(trained_workspace.parent / "query.csv").paths
     plain = extract_many([emb], paths, cpu, TTA(flip=False), workers=0)[0]
-    flipped_only = extract_many([emb], paths, cpu, TTA(flip=False), workers=0)[0]
+    mirrored = dataclasses.replace(emb, fn=lambda x: emb.fn(x.flip(-1)))  # sees every image mirrored
+    flipped_only = extract_many([mirrored], paths, cpu, TTA(flip=False), workers=0)[0]
     both = extract_many([emb], paths, cpu, TTA(flip=True), workers=0)[0]
-    assert np.array_equal(plain, flipped_only) and not np.allclose(plain, both)
+    expected = (plain + flipped_only) / np.linalg.norm(plain + flipped_only, axis=1, keepdims=True)
+    assert not np.allclose(plain, flipped_only, atol=1e-3)  # the flip changes the features
+    assert np.allclose(both, expected, atol=1e-5)
 
 
 def test_second_embedding_is_a_cache_hit_and_new_checkpoint_misses(trained_workspace, tmp_path, monkeypatch):

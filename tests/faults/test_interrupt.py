@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from ensemble.train.checkpoint import load_checkpoint
+from ensemble.checkpoint import load_checkpoint
 from tests.conftest import tiny_recipe
 
 # a subprocess does not see the tiny open_clip config registered in this process: use timm's test_vit
@@ -92,20 +92,21 @@ def test_sigkill_during_distillation_resumes_to_the_same_student(tmp_path, disti
         "backbone.source=timm", "backbone.arch=test_vit", "stages=[{train: [neck], epochs: 2}, {train: [all], epochs: 6}]"]
     args = ["distill", "--cfg", recipe, "--workdir", runs, *[x for s in sets for x in ("--set", s)]]
     from ensemble.config.load import load_student_cfg
-    from ensemble.student import distill, student_dir
+    from ensemble.train.student import distill
+    from ensemble.workspace import Workspace
 
     distill(load_student_cfg(recipe, sets), ref)  # uninterrupted reference (computes the targets)
-    kill_dir = student_dir(runs, "ks")
+    kill_dir = Workspace(runs).student_dir("ks")
     kill_dir.mkdir(parents=True)
     for name in ("targets.npy", "targets.json"):
-        shutil.copy(student_dir(ref, "ks") / name, kill_dir / name)
+        shutil.copy(Workspace(ref).student_dir("ks") / name, kill_dir / name)
     kill_when(ens(*args), (kill_dir / "last.pt").exists)
     killed_at = load_checkpoint(kill_dir / "last.pt", kind="student")
     assert (killed_at["stage"], killed_at["epoch"]) < (1, 6) and not (kill_dir / "best.pt").exists()
     rerun = subprocess.run(ens("-v", *args), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     assert "resuming ks from stage" in rerun.stderr
-    a = load_checkpoint(student_dir(ref, "ks") / "best.pt")["model"]
+    a = load_checkpoint(Workspace(ref).student_dir("ks") / "best.pt")["model"]
     b = load_checkpoint(kill_dir / "best.pt")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 

@@ -4,14 +4,15 @@ import pytest
 
 from ensemble.config.load import load_member_cfg
 from ensemble.errors import EnsError
-from ensemble.member import member_dir, train_member
+from ensemble.train.member import train_member
 from ensemble.train.rundir import run_lock
+from ensemble.workspace import Workspace
 from tests.conftest import tiny_recipe
 
 
 def test_a_second_run_of_one_recipe_is_refused_while_the_first_holds_the_folder(tmp_path, coil_data):
     cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}"))
-    run_dir = member_dir(tmp_path / "runs", cfg.name)
+    run_dir = Workspace(tmp_path / "runs").member_dir(cfg.name)
     with run_lock(run_dir):  # what a concurrently running `ens train-member` holds
         with pytest.raises(EnsError, match=r"members/tiny: in use by another ens process \(pid \d+\)"):
             train_member(cfg, tmp_path / "runs")
@@ -23,7 +24,7 @@ def test_a_second_run_of_one_recipe_is_refused_while_the_first_holds_the_folder(
 def test_a_refused_recipe_leaves_the_run_folder_as_it_was(tmp_path, coil_data):
     recipe = tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}")
     train_member(load_member_cfg(recipe), tmp_path / "runs")
-    run_dir = member_dir(tmp_path / "runs", "tiny")
+    run_dir = Workspace(tmp_path / "runs").member_dir("tiny")
     (run_dir / "best.pt").unlink()  # as if killed before the end: last.pt remains to resume from
     before = (run_dir / "config.yaml").read_text()
     with pytest.raises(EnsError, match=r"last.pt: checkpoint was written by a different recipe \(optim.lr"):
@@ -38,7 +39,7 @@ def test_eval_json_is_recomputed_when_eval_settings_change(tmp_path, coil_data):
     assert again == first  # unchanged settings: the stored result
     other = train_member(load_member_cfg(recipe, ["eval.flip_tta=false"]), tmp_path / "runs")
     assert first["flip_tta"] is True and other["flip_tta"] is False
-    stored = json.loads((member_dir(tmp_path / "runs", "tiny") / "eval.json").read_text())
+    stored = json.loads((Workspace(tmp_path / "runs").member_dir("tiny") / "eval.json").read_text())
     assert stored["eval_key"]["eval"]["flip_tta"] is False and stored["trained"] == other["trained"]
     with pytest.raises(EnsError, match=r"eval.image_size 48 px, but this ViT takes only its training size 32 px"):
         train_member(load_member_cfg(recipe, ["eval.image_size=48"]), tmp_path / "runs")

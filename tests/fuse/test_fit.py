@@ -4,7 +4,13 @@ import yaml
 
 from ensemble.config.schema import EnsembleCfg
 from ensemble.errors import EnsError
-from ensemble.fuse.ensemble import combine, fuse, load_ensemble
+from ensemble.fuse.combine import combine, combine_to_store
+from ensemble.fuse.fit import fuse
+from ensemble.workspace import resolve_model
+
+
+def load_ensemble(workdir, name):
+    return resolve_model(f"ensemble:{name}", workdir)
 
 
 def cfg(**kw):
@@ -15,7 +21,7 @@ def cfg(**kw):
 
 def test_fuse_merges_per_architecture_concatenates_and_reduces(trained_workspace):
     ens = fuse(cfg(name="t"), trained_workspace)
-    d = ens.description
+    d = ens.ensemble.description
     assert d["groups"] == [[0, 1], [2]]  # the two open_clip ViTs are averaged, the timm ViT kept apart
     assert d["concat_dim"] == 16 + ens.embedders[2].out_dim and d["out_dim"] == 8
     assert d["fit_on"]["rows"] == 20 and 0 < d["reducer"]["explained_variance_ratio"] <= 1
@@ -24,14 +30,14 @@ def test_fuse_merges_per_architecture_concatenates_and_reduces(trained_workspace
     loaded = load_ensemble(trained_workspace, "t")
     feats = [np.random.default_rng(i).standard_normal((5, m["dim"])).astype(np.float32)
              for i, m in enumerate(d["members"])]
-    out = loaded.transform(feats)
+    out = loaded.combine(feats)
     assert out.shape == (5, 8) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
 def test_concat_without_pca_and_merge_concat(trained_workspace):
     ens = fuse(cfg(name="c", pca=None, merge="concat", features="neck"), trained_workspace)
-    assert ens.description["groups"] == [[0], [1], [2]] and ens.description["out_dim"] == 24
-    assert ens.reducer is None
+    assert ens.ensemble.groups == [[0], [1], [2]] and ens.ensemble.out_dim == ens.out_dim == 24
+    assert ens.ensemble.reducer is None and not (trained_workspace / "ensemble" / "c" / "reducer.npz").exists()
 
 
 def test_combine_averages_normalised_features():
@@ -46,9 +52,9 @@ def test_combine_averages_normalised_features():
 def test_refusals(trained_workspace):
     with pytest.raises(EnsError, match="pca: 500 dims requested but the concatenated features have"):
         fuse(cfg(name="big", pca=500), trained_workspace)
-    ens = load_ensemble(trained_workspace, fuse(cfg(name="r"), trained_workspace).name)
-    with pytest.raises(EnsError, match=r"ensemble 'r' expects member feature dims \[16, 16, 64\], got \[16, 15, 64\]"):
-        ens.transform([np.zeros((2, 16)), np.zeros((2, 15)), np.zeros((2, 64))])
+    ens = load_ensemble(trained_workspace, fuse(cfg(name="r"), trained_workspace).ensemble.name)
+    with pytest.raises(EnsError, match=r"ensemble:r' expects member feature dims \[16, 16, 64\], got \[16, 15, 64\]"):
+        ens.combine([np.zeros((2, 16)), np.zeros((2, 15)), np.zeros((2, 64))])
 
 
 def test_members_from_different_training_sets_are_refused(trained_workspace, tmp_path):
@@ -83,8 +89,6 @@ def test_changed_member_invalidates_the_ensemble(trained_workspace, tmp_path):
 
 
 def test_chunked_store_equals_in_memory_combine(tmp_path):
-    from ensemble.fuse.ensemble import combine_to_store
-
     rng = np.random.default_rng(0)
     feats = [rng.standard_normal((50, 6)).astype(np.float16), rng.standard_normal((50, 6)).astype(np.float16),
              rng.standard_normal((50, 3)).astype(np.float16)]

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import export as export_mod
 from ensemble.data.manifest import read_manifest
+from ensemble.deploy import export as export_mod
+from ensemble.deploy.export import export
+from ensemble.deploy.torchscript import decoded_tensor, jit_load
 from ensemble.errors import EnsError
-from ensemble.evaluate.run import embed_with, resolve_model
-from ensemble.export import decoded_tensor, export
+from ensemble.workspace import Workspace, resolve_model
 
 # runs in a fresh interpreter where `import ensemble` fails: the file must need torch only
 CONTRACT = r"""
@@ -65,11 +66,12 @@ def test_exported_student_matches_ens_eval_embedding(distilled_workspace, tmp_pa
     query = read_manifest(distilled_workspace.parent / "query.csv")
     model = resolve_model(str(out), distilled_workspace)
     assert model.kind == "export"
-    from_file = embed_with(model, query, distilled_workspace, workers=0)
-    from_package = embed_with(resolve_model("student:stu", distilled_workspace), query, distilled_workspace, workers=0)
+    ws = Workspace(distilled_workspace)
+    from_file = model.embed(query, ws, workers=0)
+    from_package = resolve_model("student:stu", ws).embed(query, ws, workers=0)
     cos = np.sum(from_file * from_package, axis=1)
-    assert from_file.shape == (4, 8) and cos.min() > 0.995  # package path decodes JPEGs at draft scale
-    module = export_mod.jit_load(out)
+    assert from_file.shape == (4, 8) and cos.min() > 0.999  # the contract (DESIGN.md)
+    module = jit_load(out)
     one = module(decoded_tensor(query.paths[0]))[0].numpy()
     assert np.allclose(one, from_file[0], atol=1e-5)
 
@@ -77,7 +79,7 @@ def test_exported_student_matches_ens_eval_embedding(distilled_workspace, tmp_pa
 def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "MIN_COSINE", 1.5)
     out = tmp_path / "bad.pt"
-    with pytest.raises(EnsError, match=r"cosine .* < 1.5 against `ens`.*file not written"):
+    with pytest.raises(EnsError, match=r"cosine .* < 1.5 against `ens eval`.*file not written"):
         export("student:stu", distilled_workspace, out, sample=2)
     assert not out.exists() and not list(tmp_path.glob(".bad.pt*"))
 
@@ -109,7 +111,7 @@ def test_show_describes_students_and_exported_files(distilled_workspace, tmp_pat
 def test_exported_file_refuses_input_outside_its_contract(distilled_workspace, tmp_path):
     out = tmp_path / "guard.pt"
     export("student:stu", distilled_workspace, out, sample=2)
-    module = export_mod.jit_load(out)
+    module = jit_load(out)
     ok = torch.randint(0, 256, (2, 3, 20, 30), dtype=torch.uint8)
     assert module(ok).shape == (2, 8)
     bad = [(ok.float() / 255, r"expected a uint8 tensor \[B,3,H,W\].*\(x \* 255\)"),
@@ -159,3 +161,23 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(distilled_work
     result = CliRunner().invoke(main, ["export", "student:stu", "--out", str(out), "--sample", "2",
                                        "--workdir", str(distilled_workspace)])
     assert result.exit_code == 2 and "bytes to write, 10 free" in result.output and list(out.parent.iterdir()) == []
+
+
+def test_export_is_checked_against_what_ens_eval_computes_on_jpegs(distilled_workspace, tmp_path):
+    """`ens eval` decodes JPEGs at draft scale (here 8x smaller: 348 px photos, a 32 px model): the
+    export's reference is that path, not a full decode, so a passing export agrees with `ens eval`."""
+    from ensemble.deploy.export import reference_embeddings
+    from ensemble.embed.extract import extract_many
+    from tests.conftest import ROOT, write_manifest
+
+    ws = Workspace(distilled_workspace)
+    model = resolve_model("student:stu", ws, device=torch.device("cpu"))
+    jpegs = read_manifest(ROOT / "sample" / "grocery" / "query.csv", require_label=False)
+    rows = read_manifest(write_manifest(tmp_path / "q.csv", [{"path": p, "label": "", "domain": ""}
+                                                            for p in jpegs.paths[:6]]), require_label=False)
+    as_eval = model.embed(rows, ws, workers=0)
+    reference = reference_embeddings(model, list(rows.paths))
+    full = model.combine(extract_many(model.embedders, rows.paths, torch.device("cpu"), model.tta, workers=0,
+                                      jpeg_draft=False))
+    assert (1 - np.sum(full * as_eval, axis=1)).max() > 1e-5  # the draft changes these embeddings...
+    assert (1 - np.sum(reference * as_eval, axis=1)).max() < 1e-6  # ...and the export's reference has it too

@@ -1,31 +1,19 @@
-"""Atomic checkpoint writes (temp file + rename) and verified reads."""
+"""Checkpoints and model files: torch.save through the atomic writer, verified reads."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text, publish  # noqa: F401  (re-exported)
-from ..errors import EnsError
+from .atomic import atomic_file
+from .errors import EnsError
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """torch.save to a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
@@ -42,5 +30,3 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if kind is not None and payload["ens_kind"] != kind:
         raise EnsError(f"{path}: is a {payload['ens_kind']} checkpoint, expected {kind}")
     return payload
-
-

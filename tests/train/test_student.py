@@ -4,23 +4,23 @@ import numpy as np
 import pytest
 import torch
 
+from ensemble.checkpoint import load_checkpoint
 from ensemble.config.load import load_student_cfg
 from ensemble.data.manifest import read_manifest
 from ensemble.errors import EnsError
-from ensemble.evaluate.run import embed_with, resolve_model
-from ensemble.student import distill, student_dir
-from ensemble.train.checkpoint import load_checkpoint
+from ensemble.train.student import distill
+from ensemble.workspace import Workspace, load_model_file, resolve_model
 from tests.conftest import STUDENT_SETS, tiny_recipe
 
 
 def test_student_learns_the_teacher_embedding_from_cached_targets(distilled_workspace):
-    run = student_dir(distilled_workspace, "stu")
+    run = Workspace(distilled_workspace).student_dir("stu")
     meta = json.loads((run / "targets.json").read_text())
     targets = np.load(run / "targets.npy")
     assert meta["ensemble"] == "teach" and targets.shape == (meta["rows"], 8) == (24, 8)
     # the targets are the ensemble's embedding of the distill (= train) images
     train = read_manifest(distilled_workspace.parent / "train.csv")
-    expected = embed_with(resolve_model("ensemble:teach", distilled_workspace), train, distilled_workspace, workers=0)
+    expected = resolve_model("ensemble:teach", distilled_workspace).embed(train, Workspace(distilled_workspace), workers=0)
     assert np.allclose(targets, expected, atol=1e-5)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["train"] for h in history] == [["neck"], ["all"]]
@@ -32,7 +32,7 @@ def test_student_resolves_as_a_model_and_embeds_to_64_like_dims(distilled_worksp
     model = resolve_model("student:stu", distilled_workspace)
     assert model.kind == "student" and model.tta.flip is True
     query = read_manifest(distilled_workspace.parent / "query.csv")
-    feats = embed_with(model, query, distilled_workspace, workers=0)
+    feats = model.embed(query, Workspace(distilled_workspace), workers=0)
     assert feats.shape == (4, 8) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-3)
 
 
@@ -43,7 +43,7 @@ def test_distill_loss_falls_when_training_longer(distilled_workspace, tmp_path):
                            [*sets, "stages=[{train: [all], epochs: 6}]", "optim.lr=3e-3"])
     distill(cfg, distilled_workspace)
     losses = [json.loads(line)["loss"] for line in
-              (student_dir(distilled_workspace, "longer") / "metrics.jsonl").read_text().splitlines()]
+              (Workspace(distilled_workspace).student_dir("longer") / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -62,7 +62,7 @@ def test_student_recipe_errors_are_one_line(tmp_path, coil_data):
     with pytest.raises(EnsError, match="unknown key 'loss.cosin'"):
         load_student_cfg(recipe, ["loss.cosin=1", "stages=[{train: [all], epochs: 1}]"])
     cfg = load_student_cfg(recipe, ["teacher=nope", "stages=[{train: [all], epochs: 1}]"])
-    with pytest.raises(EnsError, match="teacher: ensemble 'nope' not found"):
+    with pytest.raises(EnsError, match="teacher: ensemble 'nope': not found at"):
         distill(cfg, tmp_path / "runs")
 
 
@@ -79,7 +79,7 @@ def test_arcface_term_needs_labels(distilled_workspace, tmp_path):
     # unlabelled images are fine without the arcface term
     cfg = load_student_cfg(tiny_recipe(tmp_path, data, name="unl"), STUDENT_SETS)
     distill(cfg, distilled_workspace)
-    assert (student_dir(distilled_workspace, "unl") / "best.pt").is_file()
+    assert (Workspace(distilled_workspace).student_dir("unl") / "best.pt").is_file()
 
 
 def test_arcface_term_uses_only_labelled_rows():
@@ -105,14 +105,14 @@ def test_arcface_term_uses_only_labelled_rows():
 
 
 def test_init_from_a_member_with_another_neck_width_loads_the_backbone_only(distilled_workspace, tmp_path):
-    from ensemble.member import init_from_member, load_member_model
     from ensemble.models.member import build_member_model
+    from ensemble.train.warm_start import init_from_member
 
     folder = distilled_workspace.parent
     cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="narrow"), [*STUDENT_SETS, "neck.dims=[4]"])
     model = build_member_model(cfg)
     init_from_member(model, distilled_workspace, "vit_a")
-    member, _ = load_member_model(distilled_workspace / "members" / "vit_a" / "best.pt")
+    member = load_model_file(distilled_workspace / "members" / "vit_a" / "best.pt").model
     ours, theirs = model.state_dict(), member.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k.startswith("backbone."))
     assert ours["neck.1.weight"].shape == (4, 16)
@@ -124,8 +124,8 @@ def test_teacher_identity_survives_a_refit_but_not_a_new_reducer(distilled_works
     import shutil
 
     from ensemble.config.schema import EnsembleCfg
-    from ensemble.fuse.ensemble import fuse
-    from ensemble.student import teacher_fingerprint
+    from ensemble.fuse.fit import fuse
+    from ensemble.train.student import teacher_fingerprint
 
     runs = tmp_path / "runs"
     shutil.copytree(distilled_workspace / "members", runs / "members")

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from ensemble.atomic import atomic_write_text
+from ensemble.checkpoint import load_checkpoint, save_checkpoint
 from ensemble.errors import EnsError
-from ensemble.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
 
 def test_save_is_atomic_and_kind_checked(tmp_path):

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from ensemble.checkpoint import load_checkpoint
 from ensemble.config.load import load_member_cfg
 from ensemble.errors import EnsError
-from ensemble.member import build_member_task, load_member_model, train_data, train_member
-from ensemble.train.checkpoint import load_checkpoint
+from ensemble.train.data import train_data
 from ensemble.train.loop import Trainer
+from ensemble.train.member import build_member_task, train_member
+from ensemble.workspace import Workspace, load_model_file
 from tests.conftest import tiny_recipe
 
 
@@ -21,20 +23,26 @@ def test_train_member_writes_self_describing_artifacts(tmp_path, coil_data):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [(0, 0), (1, 0), (1, 1)]
     assert set(records[0]["lr"]) == {"neck", "head"} and records[0]["images"] == 24
-    model, payload = load_member_model(run / "best.pt")
-    assert payload["describe"]["image_size"] == 32 and payload["describe"]["embedding_dim"] == 8
-    assert len(payload["labels"]) == 4 and payload["labels"] == sorted(payload["labels"])
+    file = load_model_file(run / "best.pt")
+    assert file.describe["image_size"] == 32 and file.describe["embedding_dim"] == 8 and file.model.out_dim == 8
+    assert len(file.extra["labels"]) == 4 and file.extra["labels"] == sorted(file.extra["labels"])
     trained = result["trained"]["neck"]
-    assert trained["queries"] == 4 and 0.0 <= trained["mP@5"] <= 1.0 and "object" in trained["per_domain"]
-    assert "mP@5" in result["untrained_backbone"]
+    assert trained["queries"] == 4 and "object" in trained["per_domain"]
+    # training's own eval (both features in one pass) scores what `ens eval` scores
+    from ensemble.evaluate.run import evaluate
+
+    for features in ("neck", "backbone"):
+        report = evaluate("tiny", tmp_path / "runs", features=features, workers=0, out=tmp_path / f"{features}.json")
+        assert report["mP@5"] == pytest.approx(result["trained"][features]["mP@5"], abs=1e-9)
+    assert result["untrained_backbone"]["queries"] == 4
 
 
 def test_head_stage_leaves_backbone_frozen(tmp_path, coil_data, monkeypatch):
     cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data), ["stages=[{train: [neck, head], epochs: 1}]"])
     torch.manual_seed(cfg.seed)
-    before = build_member_task(cfg, train_data(cfg), tmp_path).model.backbone.state_dict()
+    before = build_member_task(cfg, train_data(cfg), Workspace(tmp_path)).model.backbone.state_dict()
     train_member(cfg, tmp_path / "runs")
-    after, _ = load_member_model(tmp_path / "runs" / "members" / "tiny" / "best.pt")
+    after = load_model_file(tmp_path / "runs" / "members" / "tiny" / "best.pt").model
     assert all(torch.equal(before[k], v) for k, v in after.backbone.state_dict().items())
 
 
@@ -78,7 +86,7 @@ def test_init_from_resamples_position_embedding(tmp_path, coil_data):
     big = load_member_cfg(tiny_recipe(tmp_path, coil_data, name="big"),
                           ["backbone.image_size=48", "backbone.init_from=tiny"])
     task = build_member_task(big, train_data(big), tmp_path / "runs")
-    small, _ = load_member_model(tmp_path / "runs" / "members" / "tiny" / "best.pt")
+    small = load_model_file(tmp_path / "runs" / "members" / "tiny" / "best.pt").model
     assert task.model.backbone.tower.positional_embedding.shape == (37, 32)
     assert torch.equal(task.model.backbone.tower.conv1.weight, small.backbone.tower.conv1.weight)
     assert torch.equal(task.model.neck[1].weight, small.neck[1].weight)
@@ -141,9 +149,10 @@ def test_training_eval_and_export_prepare_images_identically(tmp_path, coil_data
     from ensemble.data.augment import build_train_transform
     from ensemble.data.decode import decode_image
     from ensemble.data.manifest import read_manifest
+    from ensemble.deploy.export import export
+    from ensemble.deploy.torchscript import decoded_tensor, jit_load
     from ensemble.embed.extract import TTA, extract_many
-    from ensemble.embed.models import load_member_embedder
-    from ensemble.export import decoded_tensor, export, jit_load
+    from ensemble.workspace.resolve import load_members
     from tests.conftest import SHARED, need_shared
 
     weights = need_shared(SHARED / "weights" / "mobilenetv2_100.coral_in1k.safetensors")
@@ -153,15 +162,16 @@ def test_training_eval_and_export_prepare_images_identically(tmp_path, coil_data
             "stages=[{train: [neck, head], epochs: 1}]"]
     cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data, name="mnv2"), sets)
     train_member(cfg, tmp_path / "runs")
-    model, payload = load_member_model(tmp_path / "runs" / "members" / "mnv2" / "best.pt")
-    assert payload["preprocess"]["mean"] == pytest.approx([0.50196] * 3, abs=1e-5)
+    file = load_model_file(tmp_path / "runs" / "members" / "mnv2" / "best.pt")
+    model = file.model
+    assert file.preprocess["mean"] == pytest.approx([0.50196] * 3, abs=1e-5)
     assert model.backbone.mean == pytest.approx((0.50196,) * 3, abs=1e-5) and model.backbone.image_size == 64
 
     paths = list(read_manifest(coil_data.parent / "query.csv").paths)
     train_pixels = build_train_transform(AugmentCfg(ops={}), 64, model.backbone.mean, model.backbone.std)
     with torch.no_grad():
-        at_training = model.features(torch.stack([train_pixels(decode_image(p)) for p in paths]))
-    emb = load_member_embedder(tmp_path / "runs", "mnv2", "neck", torch.device("cpu"))
+        at_training = model.embed(torch.stack([train_pixels(decode_image(p)) for p in paths]))
+    emb = load_members(Workspace(tmp_path / "runs"), ["mnv2"], "neck", torch.device("cpu"))[0].embedder
     at_eval = extract_many([emb], paths, torch.device("cpu"), TTA(flip=False), workers=0)[0]
     assert np.allclose(at_training.numpy(), at_eval, atol=1e-5)
 
@@ -194,3 +204,18 @@ def test_a_read_only_workspace_is_a_one_line_error(trained_workspace, tmp_path, 
                                                     or f"error: {out}" in result.output)
     assert ": Read-only file system (the workspace is on a read-only file system; give a writable --workdir)" \
         in result.output
+
+
+def test_a_trained_member_beats_its_untrained_backbone_on_real_images(tmp_path):
+    """The shipped quickstart member (MobileNet-v2, ImageNet weights) on the shipped grocery photos,
+    at 96 px to stay quick: 6 epochs lift the open-set mP@5 of its neck well above the untrained
+    backbone's (measured here: 0.775 -> 0.842, 24 queries of classes never trained on)."""
+    from tests.conftest import ROOT, SHARED, need_shared
+
+    need_shared(SHARED / "weights" / "mobilenetv2_100.coral_in1k.safetensors")
+    sets = ["backbone.image_size=96", "eval.image_size=null", "loader.workers=0", "device=cpu",
+            "stages=[{train: [neck, head], epochs: 2}, {train: [all], epochs: 4}]"]
+    cfg = load_member_cfg(ROOT / "members" / "quickstart" / "sample_mnv2.yaml", sets)
+    result = train_member(cfg, tmp_path / "runs")
+    assert result["trained"]["neck"]["queries"] == 24
+    assert result["trained"]["neck"]["mP@5"] > result["untrained_backbone"]["mP@5"] + 0.03

@@ -1,0 +1,15 @@
+"""`ens budget`: FLOPs per image, speed here, and whether MODEL fits the competition's time budget."""
+
+from __future__ import annotations
+
+import json
+
+from ..budget import DEFAULT_UTILIZATION, budget, format_budget
+
+
+def run(spec, workdir, images, hours, gpus, utilization, measure, recipes, as_json) -> str:
+    result = budget(spec, workdir, images, hours, utilization or DEFAULT_UTILIZATION, measure, recipes)
+    if gpus:
+        for key in ("projected_hours", "fits"):
+            result[key] = {g: v for g, v in result[key].items() if g in gpus}
+    return json.dumps(result, indent=2) if as_json else format_budget(result)

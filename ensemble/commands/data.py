@@ -1,0 +1,24 @@
+"""`ens data fetch` / `ens data build`: datasets and their manifests."""
+
+from __future__ import annotations
+
+from ..data.build import build, load_build_cfg
+from ..data.fetch import fetch
+
+
+def run_fetch(name: str, dest: str, shared: str, data_config: str) -> str:
+    folder = fetch(name, dest, shared, data_config)
+    if str(folder) == shared:
+        return f"{name}: using {folder} (already here; {data_config} points there)"
+    return f"{name}: manifests in {folder}; {data_config} now points there"
+
+
+def run_build(config: str) -> str:
+    summary = build(load_build_cfg(config))
+    lines = [f"wrote {summary['out']}: {summary['rows']:,} rows, {summary['labels']:,} labels "
+             f"({summary['labels_dropped']} labels dropped, {summary['labels_capped']} capped, "
+             f"{summary['rows_repeated']} rows repeated)"]
+    for name, c in summary["per_source"].items():
+        lines.append(f"  {name}: {c['images_found']:,} images / {c['labels_found']:,} labels found, "
+                     f"{c['rows']:,} rows / {c['labels']:,} labels kept")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""`ens train-member`: train one member from its recipe (resumes when rerun)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config.load import load_member_cfg
+from ..train.member import train_member
+from ..train.plan import format_plan, plan
+
+
+def run(cfg_path: str, overrides: list[str], dry_run: bool, workdir: str, launch: Callable[[], None]) -> str:
+    """Validate the recipe; print the plan (dry run) or launch, train and report."""
+    cfg = load_member_cfg(cfg_path, overrides)
+    if dry_run:
+        return format_plan(plan(cfg))
+    launch()
+    result = train_member(cfg, workdir)
+    return "" if "rank" in result else format_result(result)
+
+
+def format_result(result: dict) -> str:
+    """One table: untrained backbone vs the trained member's neck and backbone features."""
+    if "trained" not in result:
+        return f"member {result['name']}: trained (eval disabled)"
+    rows = [("untrained backbone", result["untrained_backbone"]),
+            ("trained, neck", result["trained"]["neck"]), ("trained, backbone", result["trained"]["backbone"])]
+    domains = sorted(result["trained"]["neck"].get("per_domain", {}))
+    lines = [f"member {result['name']} (query vs index, flip TTA: {result['flip_tta']}, "
+             f"{result['eval_image_size']} px)",
+             "| features | mP@5 | recall@1 | " + " | ".join(domains) + " |",
+             "|---|---|---|" + "---|" * len(domains)]
+    for name, r in rows:
+        per = " | ".join(f"{r['per_domain'][d]:.3f}" for d in domains)
+        lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
+    lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
+    return "\n".join(lines)

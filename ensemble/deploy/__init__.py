@@ -1,0 +1,1 @@
+"""Deployable files: the exported TorchScript model and the step that writes and verifies it."""

@@ -1,0 +1,121 @@
+"""Exporting a MODEL of a workspace as one self-contained TorchScript file, verified before it is written.
+
+The verification embeds sample images with the exported module (each image fully decoded, fed at its
+own size, as the file's users do) and with the package along the path `ens eval` runs (JPEG draft
+decoding, batched); every cosine must reach MIN_COSINE (DESIGN.md: 0.999).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_bytes, atomic_write_json
+from ..config.load import load_data_cfg
+from ..data.decode import DecodeError, decode_image
+from ..data.manifest import read_manifest
+from ..embed.extract import extract_many
+from ..errors import EnsError
+from ..hashing import file_sha1
+from ..workspace.layout import MODEL_FILE, Workspace
+from ..workspace.resolve import ResolvedModel, resolve_model
+from .torchscript import FORMAT, decoded_tensor, jit_load, serialize, trace
+
+MIN_COSINE = 0.999
+
+
+def describe(model: ResolvedModel) -> dict:
+    """The metadata stored inside the exported file (and beside it as .json)."""
+    out_dim = model.out_dim
+    return {"format": FORMAT, "model": model.name, "kind": model.kind, "output_dim": int(out_dim),
+            "flip_tta": model.tta.flip, "input": "uint8 [B,3,H,W] RGB, any H and W",
+            "output": f"float32 [B,{out_dim}] L2-normalised",
+            "resize": "bilinear, antialiased, to each member's square size",
+            "members": [{"name": p.embedder.name, "arch": p.embedder.arch, "image_size": p.embedder.size_px,
+                         "mean": list(p.embedder.mean), "std": list(p.embedder.std), "features": p.features,
+                         "dim": p.embedder.out_dim, "checkpoint": str(p.file.path), "checkpoint_sha1": p.file.sha1}
+                        for p in model.parts],
+            "data": model.data}
+
+
+def reference_embeddings(model: ResolvedModel, paths: list[str]) -> np.ndarray:
+    """What `ens eval` computes for `paths`: JPEG draft decoding, batched, the model's TTA."""
+    feats = extract_many(model.embedders, paths, torch.device("cpu"), model.tta, workers=0, desc="export check")
+    return model.combine(feats)
+
+
+def verify(module, name: str, reference: np.ndarray, paths: list[str]) -> dict:
+    """Embed `paths` with the exported module, one image at a time at its own size, and compare."""
+    with torch.no_grad():
+        got = np.stack([module(decoded_tensor(path))[0].numpy() for path in paths])
+    cos = np.sum(got * reference, axis=1) / np.maximum(np.linalg.norm(reference, axis=1), 1e-12)
+    if cos.min() < MIN_COSINE:
+        raise EnsError(f"export of {name}: cosine {cos.min():.5f} < {MIN_COSINE} against `ens eval` "
+                       f"on {paths[int(cos.argmin())]}; file not written")
+    return {"images": len(paths), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+            "threshold": MIN_COSINE, "reference": "ens eval decoding (JPEG draft, batched)"}
+
+
+def verify_sample(data: str | None, sample: int, manifest: str | None) -> list[str]:
+    """Up to `sample` readable images from --verify-manifest, else the model's query (or index) split."""
+    if manifest is None:
+        if data is None:
+            raise EnsError("export: no data config known for this model; give --verify-manifest CSV")
+        cfg = load_data_cfg(data)
+        manifest = cfg.query or cfg.index or cfg.train
+    rows = read_manifest(manifest, require_label=False)
+    step = max(1, len(rows) // sample)
+    paths = []
+    for path in rows.paths[::step]:
+        try:
+            decode_image(path)
+        except DecodeError:
+            continue
+        paths.append(path)
+        if len(paths) == sample:
+            break
+    if not paths:
+        raise EnsError(f"{manifest}: no readable image to verify the export with")
+    return paths
+
+
+def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, sample: int = 16,
+           verify_manifest: str | None = None) -> dict:
+    """Trace MODEL into `out`, check it against the package's own embedding, write `out` and `out`.json."""
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise EnsError(f"--out {out}: expected a .pt file name")
+    model = resolve_model(spec, workdir, device=torch.device("cpu"))
+    desc = describe(model)
+    started = time.perf_counter()
+    scripted = trace(model.graph())
+    paths = verify_sample(desc["data"], sample, verify_manifest)
+    reference = reference_embeddings(model, paths)
+    desc["verify"] = verify(scripted, model.name, reference, paths)
+    desc["torch"] = torch.__version__
+    desc["export_seconds"] = round(time.perf_counter() - started, 1)
+    data = serialize(scripted, desc)
+    verify(jit_load(io.BytesIO(data)), model.name, reference[:2], paths[:2])  # what users will load
+    atomic_write_bytes(out, data)
+    desc["sha1"] = file_sha1(out)
+    atomic_write_json(out.with_suffix(".json"), desc)
+    return desc
+
+
+def export_or_reuse(student: str, workdir: str | Path | Workspace) -> Path:
+    """runs/exports/<student>.pt, re-exported when the student's model file changed."""
+    ws = Workspace.at(workdir)
+    out = ws.exports_dir / f"{student}.pt"
+    meta = out.with_suffix(".json")
+    current = file_sha1(ws.student_dir(student) / MODEL_FILE)
+    if out.is_file() and meta.is_file():
+        described = json.loads(meta.read_text())
+        if described.get("sha1") and described["members"][0]["checkpoint_sha1"] == current:
+            return out
+    export(f"student:{student}", ws, out)
+    return out

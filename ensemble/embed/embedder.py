@@ -1,0 +1,32 @@
+"""An in-memory model as extraction sees it (`Embedder`), built from an `EmbeddingModel`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from ..errors import EnsError
+from ..models.member import FEATURES, EmbeddingModel
+from .extract import Embedder
+
+
+def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, features: str, device: torch.device,
+                   size_px: int | None = None, channels_last: bool = False, normalize: bool = True) -> Embedder:
+    """An Embedder running `model.embed(x, features)` on `device`, at `size_px` (default: training size).
+
+    key: identity for caches (the model file's sha1); normalize=False gives raw features (e.g. to fit a
+    layer on them).
+    """
+    if features not in FEATURES:
+        raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
+    if size_px and size_px != model.backbone.image_size and model.backbone.fixed_size:
+        raise EnsError(f"{name}: eval.image_size {size_px} px, but this ViT takes only its training size "
+                       f"{model.backbone.image_size} px (positional embedding); leave eval.image_size unset")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).eval()
+    dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}
+    out_dim = dims["neck"] + dims["backbone"] if features == "both" else dims[features]
+    return Embedder(name, f"{key}:{features}", arch, size_px or model.backbone.image_size, model.backbone.mean,
+                    model.backbone.std, out_dim, partial(model.embed, features=features, normalize=normalize),
+                    channels_last)

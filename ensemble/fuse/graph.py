@@ -1,0 +1,79 @@
+"""The fusion graph in torch: the one implementation of merge -> concatenate -> PCA -> normalise.
+
+`ens fuse`/`ens eval` run it on numpy features (zero-copy), `ens export` traces it with the member
+branches in front. A member branch is uint8 images -> preprocessing -> `EmbeddingModel.embed` ->
+flip average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.member import EmbeddingModel
+from ..models.preprocess import Preprocess
+
+
+def merge_groups(features: list[torch.Tensor], groups: list[list[int]]) -> torch.Tensor:
+    """Average the L2-normalised features inside each group, renormalise, concatenate the groups."""
+    parts = [F.normalize(torch.stack([F.normalize(features[i].float(), dim=-1) for i in group]).mean(0), dim=-1)
+             for group in groups]
+    return torch.cat(parts, dim=1)
+
+
+def pca_project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x - mean) @ components^T / scale (scale: 1, or sqrt of the explained variance when whitening)."""
+    return ((x - mean) @ components.T) / scale
+
+
+def pca_scale(explained_variance: np.ndarray, whiten: bool) -> np.ndarray:
+    return np.sqrt(explained_variance + 1e-12) if whiten else np.ones(len(explained_variance))
+
+
+class FusionHead(nn.Module):
+    """Member features -> mean per group (architecture) -> concatenate -> optional PCA -> L2-normalise."""
+
+    def __init__(self, groups: list[list[int]], reducer=None):
+        super().__init__()
+        self.groups = [list(g) for g in groups]
+        self.has_pca = reducer is not None
+        if reducer is not None:
+            scale = pca_scale(np.asarray(reducer.explained_variance), reducer.whiten)
+            self.register_buffer("pca_mean", torch.from_numpy(np.asarray(reducer.mean, np.float32)))
+            self.register_buffer("pca_components", torch.from_numpy(np.asarray(reducer.components, np.float32)))
+            self.register_buffer("pca_scale", torch.from_numpy(np.asarray(scale, np.float32)))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        fused = merge_groups(features, self.groups)
+        if self.has_pca:
+            fused = pca_project(fused, self.pca_mean, self.pca_components, self.pca_scale)
+        return F.normalize(fused, dim=-1)
+
+
+class MemberBranch(nn.Module):
+    """uint8 images -> one model's L2-normalised feature (neck or pooled backbone), flip-averaged."""
+
+    def __init__(self, model: EmbeddingModel, features: str, size_px: int, mean, std, flip: bool):
+        super().__init__()
+        self.preprocess = Preprocess(size_px, mean, std)
+        self.model, self.features, self.flip = model, features, flip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        feats = self.model.embed(x, self.features)
+        if self.flip:
+            feats = F.normalize(feats + self.model.embed(x.flip(-1), self.features), dim=-1)
+        return feats
+
+
+class EmbeddingGraph(nn.Module):
+    """uint8 [B,3,H,W] -> every branch -> the fusion head: a whole model (member, student or ensemble)."""
+
+    def __init__(self, branches: list[MemberBranch], head: FusionHead):
+        super().__init__()
+        self.branches, self.head = nn.ModuleList(branches), head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head([branch(images) for branch in self.branches])

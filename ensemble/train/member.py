@@ -1,0 +1,64 @@
+"""Members: a backbone + neck + margin head trained in stages on labelled classes, then evaluated
+against the same backbone untrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config.schema import MemberCfg
+from ..data.sampler import ClassBalancedSampler
+from ..distributed import world
+from ..evaluate.model import eval_key, evaluate_model
+from ..losses.margin import build_head
+from ..models.member import build_member_model
+from ..tasks.classify import ClassifyTask
+from ..workspace.artifacts import load_model_file
+from ..workspace.layout import MODEL_FILE, Workspace
+from .data import TrainData, train_data
+from .run import TrainJob, recipe_key, run_training
+from .rundir import cached_result, run_lock
+from .warm_start import init_from_member
+
+
+def build_member_task(cfg: MemberCfg, data: TrainData, ws: Workspace) -> ClassifyTask:
+    """Model (pretrained, or started from another member) + margin head over the kept classes."""
+    model = build_member_model(cfg)
+    if cfg.backbone.init_from:
+        init_from_member(model, ws, cfg.backbone.init_from)
+    return ClassifyTask(model, build_head(cfg.head, model.out_dim, data.counts), cfg.head)
+
+
+def member_job(cfg: MemberCfg, ws: Workspace) -> TrainJob:
+    data = train_data(cfg)
+    return TrainJob("member", cfg, ws.member_dir(cfg.name), recipe_key(cfg, train_manifest_sha1=data.sha1),
+                    data.paths, data.targets, ClassBalancedSampler(data.targets, cfg.sampler, cfg.seed),
+                    lambda: build_member_task(cfg, data, ws), checkpoint_extra={"labels": data.classes},
+                    model_extra={"labels": data.classes, "train_manifest_sha1": data.sha1})
+
+
+def train_member(cfg: MemberCfg, workdir: str | Path | Workspace) -> dict:
+    """Train (or resume, or reuse) the member of `cfg`; returns its summary with eval."""
+    ws = Workspace.at(workdir)
+    job = member_job(cfg, ws)
+    with run_lock(job.run_dir, active=world().main):
+        if not run_training(job):
+            return {"name": cfg.name, "rank": world().rank}
+        return evaluate_member(cfg, job.run_dir)
+
+
+def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
+    """Evaluate the trained member and the same backbone untrained (kept in eval.json while the
+    eval settings, manifests and model file are unchanged)."""
+    if not cfg.eval.enabled:
+        return {"name": cfg.name}
+
+    def compute() -> dict:
+        file = load_model_file(run_dir / MODEL_FILE)
+        result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size,
+                  "train_images_unreadable": len(file.failed_images),
+                  "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
+        baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
+        result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
+        return result
+
+    return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)

@@ -1,0 +1,103 @@
+"""The orchestration members and students share: claim the run folder, check the recipe, train
+(resuming), save the self-describing model file, record unreadable images.
+
+What differs between them is data: a `TrainJob` names the images, targets, sampler, task and the
+records to keep; `train_member` and `distill` only build one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..checkpoint import load_checkpoint
+from ..config.load import dump_cfg
+from ..config.schema import MemberCfg
+from ..data.augment import build_train_transform
+from ..data.dataset import FailureLog, ImageDataset
+from ..device import pick_device
+from ..distributed import world
+from ..tasks.base import Task
+from ..workspace.artifacts import save_model
+from ..workspace.layout import MODEL_FILE
+from .data import loader_factory
+from .loop import RunSpec, Trainer, check_same_recipe
+from .rundir import check_resume_recipe
+
+log = logging.getLogger("ensemble")
+NOT_DEFINING = {"loader": True, "eval": True, "device": True, "name": True, "data": True, "teacher": True,
+                "backbone": {"channels_last"}}
+
+
+def recipe_key(cfg: MemberCfg, **inputs: str) -> dict:
+    """What defines a run's weights: its recipe without loader/eval/device keys, plus the content
+    hashes of its inputs (train manifest; distill manifest and teacher)."""
+    return {**cfg.model_dump(mode="json", exclude=NOT_DEFINING), **inputs}
+
+
+@dataclass
+class TrainJob:
+    """One member or student run, as the shared orchestration sees it."""
+
+    kind: str  # member | student: checkpoints and model files of one kind never load as the other
+    cfg: MemberCfg
+    run_dir: Path
+    recipe_key: dict
+    paths: list[str]
+    targets: list[int]
+    sampler: object
+    build_task: Callable[[], Task]  # called after seeding, so neck/head initialisation is reproducible
+    checkpoint_extra: dict = field(default_factory=dict)  # kept in last.pt
+    model_extra: dict = field(default_factory=dict)  # kept in best.pt
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / MODEL_FILE
+
+
+def reuse_trained(job: TrainJob) -> bool:
+    """True when the job's model file exists (refused if another recipe wrote it)."""
+    if not job.model_path.exists():
+        return False
+    saved = load_checkpoint(job.model_path, kind=f"{job.kind}_model")["recipe_key"]
+    check_same_recipe(job.model_path, saved, job.recipe_key)
+    log.info("%s %s is already trained; reusing %s", job.kind, job.cfg.name, job.model_path)
+    return True
+
+
+def run_training(job: TrainJob) -> bool:
+    """Train (or resume, or reuse) the job's model; True where the model file is there to evaluate
+    (every rank when reused, rank 0 after training)."""
+    if reuse_trained(job):
+        return True
+    cfg, w = job.cfg, world()
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    check_resume_recipe(job.run_dir, job.kind, job.recipe_key)  # before config.yaml is overwritten
+    if w.main:
+        atomic_write_text(job.run_dir / "config.yaml", dump_cfg(cfg))
+    torch.manual_seed(cfg.seed)
+    task = job.build_task()
+    bb = task.model.backbone
+    transform = build_train_transform(cfg.augment, bb.image_size, bb.mean, bb.std)
+    dataset = ImageDataset(job.paths, job.targets, transform, draft_px=bb.image_size if cfg.loader.jpeg_draft else None)
+    fails = FailureLog(job.paths, cfg.loader.max_fail_ratio)
+    spec = RunSpec(run_dir=job.run_dir, kind=job.kind, config=cfg.model_dump(mode="json"), recipe_key=job.recipe_key,
+                   stages=cfg.stages, optim=cfg.optim, seed=cfg.seed, device=pick_device(cfg.device),
+                   make_loader=loader_factory(cfg, dataset, job.sampler), on_batch=fails.update,
+                   nonfinite=cfg.loader.nonfinite, channels_last=cfg.backbone.channels_last,
+                   extra=job.checkpoint_extra)
+    Trainer(task, spec).fit()
+    fails.check(final=True)
+    if not w.main:  # rank 0 saves and evaluates
+        return False
+    task.model.cpu()
+    save_model(job.model_path, task.model, cfg, job.recipe_key, kind=f"{job.kind}_model", **job.model_extra,
+               failed_images=fails.failed)
+    if fails.failed:
+        atomic_write_json(job.run_dir / "failed_images.json", fails.failed)
+    return True

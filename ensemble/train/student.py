@@ -1,0 +1,137 @@
+"""Students: one model trained to reproduce a fused ensemble's embedding.
+
+The teacher (a saved ensemble) embeds the distill images once, with its TTA; the targets are cached
+in the student's folder and the members never run during student training. The student is a member
+model (backbone + neck, the neck's last width = the ensemble's output dim) trained by the same loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_npy, atomic_write_text
+from ..config.schema import StudentCfg
+from ..data.manifest import Manifest
+from ..data.sampler import ShuffleSampler
+from ..distributed import barrier, world
+from ..errors import EnsError
+from ..evaluate.model import eval_key, evaluate_model
+from ..losses.margin import build_head
+from ..models.member import build_member_model
+from ..tasks.distill import DistillTask
+from ..workspace.artifacts import load_model_file, read_ensemble
+from ..workspace.layout import MODEL_FILE, Workspace
+from ..workspace.resolve import resolve_model
+from .data import distill_manifest
+from .run import TrainJob, recipe_key, run_training
+from .rundir import cached_result, run_lock
+from .warm_start import fit_neck, init_from_member
+
+log = logging.getLogger("ensemble")
+
+
+@dataclass
+class DistillData:
+    """The distill manifest, with class indices (-1 for unlabelled rows) and the teacher's targets."""
+
+    manifest: Manifest
+    targets: list[int]
+    classes: list[str]
+    teacher: np.ndarray  # [rows, dim], L2-normalised ensemble embeddings
+    teacher_info: dict
+
+
+def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str]:
+    """(ensemble name, sha1 of what defines its embedding): member checkpoint hashes, grouping,
+    features, TTA and the reducer's hash -- not paths, so a refit of the same ensemble keeps it."""
+    try:
+        ens = read_ensemble(Workspace.at(workdir), teacher)
+    except EnsError as exc:
+        raise EnsError(f"teacher: {exc}") from None
+    d = ens.description
+    defining = {"members": ens.member_keys, "groups": ens.groups, "features": ens.features, "tta": d["tta"],
+                "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1")}
+    return ens.name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_targets(cfg: StudentCfg, ws: Workspace, manifest: Manifest, run_dir: Path) -> tuple[np.ndarray, dict]:
+    """The ensemble's embedding of every distill row, computed once and kept in run_dir/targets.npy."""
+    name, sha1 = teacher_fingerprint(ws, cfg.teacher)
+    info = {"ensemble": name, "ensemble_sha1": sha1, "manifest": str(manifest.source),
+            "manifest_sha1": manifest.sha1, "rows": len(manifest)}
+    path, meta_path = run_dir / "targets.npy", run_dir / "targets.json"
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == info:
+        return np.load(path), info
+    log.info("computing teacher targets with ensemble %s on %d images", name, len(manifest))
+    targets = resolve_model(f"ensemble:{name}", ws).embed(manifest, ws, workers=cfg.loader.workers)  # sharded
+    w = world()
+    if w.main:
+        atomic_write_npy(path, targets)
+        atomic_write_text(meta_path, json.dumps(info))  # written last: names the finished targets
+    barrier(w)
+    return targets, info
+
+
+def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:
+    manifest = distill_manifest(cfg)
+    labelled = sorted({label for label in manifest.labels if label})
+    if cfg.loss.arcface and not labelled:
+        raise EnsError(f"{manifest.source}: loss.arcface > 0 needs labels, but the distill manifest has none")
+    index = {c: i for i, c in enumerate(labelled)}
+    targets = [index.get(label, -1) for label in manifest.labels]
+    teacher, info = teacher_targets(cfg, ws, manifest, run_dir)
+    return DistillData(manifest, targets, labelled, teacher, info)
+
+
+def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> DistillTask:
+    """Student model (optionally started from a member, neck fitted to the targets) + distill losses."""
+    model = build_member_model(cfg)
+    if model.out_dim != data.teacher.shape[1]:
+        raise EnsError(f"neck.dims: the student ends at {model.out_dim} dims but teacher "
+                       f"{data.teacher_info['ensemble']!r} embeds to {data.teacher.shape[1]}")
+    if cfg.backbone.init_from:
+        init_from_member(model, ws, cfg.backbone.init_from)
+    if cfg.neck_init == "lstsq":
+        fit_neck(model, data.manifest.paths, data.teacher, cfg)
+    head = None
+    if cfg.loss.arcface:
+        counts = [data.targets.count(i) for i in range(len(data.classes))]
+        head = build_head(cfg.head, model.out_dim, counts)
+    return DistillTask(model, torch.from_numpy(data.teacher), cfg.loss, head, cfg.head)
+
+
+def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:
+    """Train (or resume, or reuse) the student of `cfg`; returns its summary with eval."""
+    ws = Workspace.at(workdir)
+    run_dir = ws.student_dir(cfg.name)
+    with run_lock(run_dir, active=world().main):
+        data = distill_data(cfg, ws, run_dir)
+        key = recipe_key(cfg, distill_manifest_sha1=data.manifest.sha1,
+                         teacher_sha1=data.teacher_info["ensemble_sha1"])
+        job = TrainJob("student", cfg, run_dir, key, list(data.manifest.paths), data.targets,
+                       ShuffleSampler(len(data.manifest), cfg.seed), lambda: build_distill_task(cfg, data, ws),
+                       checkpoint_extra={"teacher": data.teacher_info},
+                       model_extra={"teacher": data.teacher_info, "distill_manifest_sha1": data.manifest.sha1})
+        if not run_training(job):
+            return {"name": cfg.name, "rank": world().rank}
+        return evaluate_student(cfg, run_dir)
+
+
+def evaluate_student(cfg: StudentCfg, run_dir: Path) -> dict:
+    """mP@5 of the student's embedding (kept in eval.json while its inputs are unchanged)."""
+    if not cfg.eval.enabled:
+        return {"name": cfg.name}
+
+    def compute() -> dict:
+        file = load_model_file(run_dir / MODEL_FILE, kind="student_model")
+        return {"name": cfg.name, "teacher": file.extra["teacher"]["ensemble"],
+                "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size, "flip_tta": cfg.eval.flip_tta, "student": evaluate_model(file.model, cfg)["neck"]}
+
+    return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)

@@ -80,7 +80,3 @@ def canonical_paths(base: Path, paths: list[str]) -> tuple[str, ...]:
         out.append(os.path.join(real_dir[folder], name))
     return tuple(out)
 
-
-def label_index(labels: list[str] | tuple[str, ...]) -> dict[str, int]:
-    """Stable label -> class index map (sorted label strings)."""
-    return {label: i for i, label in enumerate(sorted(set(labels)))}

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..atomic import atomic_write_text
@@ -109,11 +108,6 @@ def student_file(ws: Workspace, name: str) -> ModelFile:
     if not path.is_file():
         raise EnsError(f"student {name!r}: no trained model at {path} (run `ens distill` first)")
     return load_model_file(path, "student_model")
-
-
-def move_to(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.to(device, memory_format=fmt).eval()
 
 
 # ---------------------------------------------------------------- ensembles

@@ -18,7 +18,7 @@ from .config.load import load_member_cfg, load_student_cfg, read_yaml
 from .device import pick_device
 from .errors import EnsError
 from .models.member import build_member_model
-from .workspace.resolve import ResolvedModel, resolve_model
+from .workspace.resolve import ModelRef, ResolvedModel, resolve_model
 
 # dense fp16/bf16 tensor-core peaks, TFLOP/s (DOMAIN.md)
 PEAK_TFLOPS = {"T4": 65.0, "P100": 18.7, "A100": 312.0, "H100": 989.0}
@@ -120,7 +120,7 @@ def budget(spec: str | None, workdir: str | Path, images: int = 205_000, hours: 
     if not 0 < utilization <= 1:
         raise EnsError(f"--utilization {utilization}: expected a fraction in (0, 1]")
     recipe_only = (spec or "").endswith((".yaml", ".yml"))
-    if (spec or "").endswith(".pt"):
+    if ModelRef.parse(spec).kind == "export":
         raise EnsError(f"MODEL {spec}: budget counts FLOPs from recipes; give the student or ensemble it came from")
     model = None if recipe_only else resolve_model(spec, workdir, device=torch.device("cpu"))
     name, branches = recipe_branches(spec, recipes) if recipe_only else (model.name, model_branches(model))

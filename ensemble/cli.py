@@ -170,16 +170,19 @@ def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc:
 
 @main.command("export")
 @MODEL_ARG
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output TorchScript file (.pt).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .pt (TorchScript) or .onnx (ONNX).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default=None,
+              help="Export format (default: from the --out suffix).")
 @click.option("--sample", default=16, show_default=True, help="Images embedded both ways to verify the file.")
 @click.option("--verify-manifest", type=click.Path(), default=None,
               help="CSV of images to verify with (default: the model's query split).")
 @WORKDIR
-def export_cmd(model, out, sample, verify_manifest, workdir):
-    """Write MODEL (student:<name>, a member, or the ensemble) as one self-contained TorchScript file."""
+def export_cmd(model, out, fmt, sample, verify_manifest, workdir):
+    """Write MODEL (student:<name>, a member, or the ensemble) as one self-contained TorchScript or ONNX file."""
     from .commands import export
 
-    echo(export.run(model, workdir, out, sample, verify_manifest))
+    echo(export.run(model, workdir, out, sample, verify_manifest, fmt))
 
 
 @main.command("budget")

@@ -16,7 +16,7 @@ LAYERS = [
     {"data", "models.preprocess"},  # the one resize + normalise of training, eval and exports
     {"models", "losses", "tasks"},
     {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "evaluate.metrics", "evaluate.report",
-     "evaluate.model", "deploy.torchscript"},
+     "evaluate.model", "deploy.torchscript", "deploy.onnx", "deploy.exported"},
     {"workspace"},
     {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget"},
     {"commands"},

@@ -17,7 +17,7 @@ from ..budget import measure_img_per_s, model_branches, time_module
 from ..config.load import load_member_cfg, load_student_cfg, read_yaml, validate
 from ..config.schema import PipelineCfg
 from ..deploy.export import export_or_reuse
-from ..deploy.torchscript import jit_load
+from ..deploy.exported import load_runner
 from ..errors import EnsError
 from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
@@ -56,7 +56,7 @@ def cost(model: ResolvedModel, seconds: float, exported: str | None = None) -> d
     """GFLOPs per image (from the model files' recipes) and measured ms per image here; for an exported
     file the FLOPs are its student's and the time is the TorchScript file's own."""
     if exported:
-        img_s, device = time_module(jit_load(exported), torch.device("cpu"), seconds=seconds)
+        img_s, device = time_module(load_runner(exported), torch.device("cpu"), seconds=seconds)
     else:
         img_s, device = measure_img_per_s(model, seconds=seconds)
     return {"gflops_per_image": sum(b.gflops_per_image for b in model_branches(model)), "ms_per_image": 1000 / img_s,
@@ -96,7 +96,7 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
         model = resolved[spec]
         report = evaluate(model, ws, data, workers=cfg.workers,
                           out=ws.reports_dir / cfg.name / f"{Path(spec).name.replace(':', '_')}.json")
-        exported = spec if spec.endswith(".pt") else None
+        exported = spec if model.kind == "export" else None
         costed = resolved[f"student:{student.name}"] if exported else model  # an export costs as its student
         rows.append({"model": report["model"], **_scores(report), **cost(costed, cfg.measure_seconds, exported)})
     summary = {"pipeline": cfg.name, "data": data, "rows": rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..checkpoint import load_checkpoint
-from ..deploy.torchscript import read_export_meta
+from ..deploy.exported import read_meta
 from ..errors import EnsError
 from ..workspace.layout import MODEL_FILE, Workspace
 from ..workspace.resolve import ModelRef
@@ -15,7 +15,7 @@ def show(spec: str, workdir) -> dict:
     """What the model file says about itself (no model is built)."""
     ws, ref = Workspace.at(workdir), ModelRef.parse(spec)
     if ref.kind == "export":
-        return read_export_meta(ref.path)
+        return read_meta(ref.path)
     if ref.kind == "ensemble":
         raise EnsError(f"MODEL {spec!r}: show describes model files; see runs/ensemble/<name>/ensemble.yaml")
     folder = ws.student_dir(ref.name) if ref.kind == "student" else ws.member_dir(ref.name)

@@ -1,4 +1,5 @@
-"""Exporting a MODEL of a workspace as one self-contained TorchScript file, verified before it is written.
+"""Exporting a MODEL of a workspace as one self-contained file (TorchScript `.pt` or ONNX `.onnx`),
+verified before it is written.
 
 The verification embeds sample images with the exported module (each image fully decoded, fed at its
 own size, as the file's users do) and with the package along the path `ens eval` runs (JPEG draft
@@ -24,15 +25,17 @@ from ..errors import EnsError
 from ..hashing import file_sha1
 from ..workspace.layout import MODEL_FILE, Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
+from .onnx import OnnxRunner, to_onnx_bytes, with_onnx_meta
 from .torchscript import FORMAT, decoded_tensor, jit_load, serialize, trace
 
 MIN_COSINE = 0.999
 
 
-def describe(model: ResolvedModel) -> dict:
+def describe(model: ResolvedModel, fmt: str) -> dict:
     """The metadata stored inside the exported file (and beside it as .json)."""
     out_dim = model.out_dim
-    return {"format": FORMAT, "model": model.name, "kind": model.kind, "output_dim": int(out_dim),
+    return {"format": FORMAT, "file_format": fmt, "model": model.name, "kind": model.kind,
+            "output_dim": int(out_dim),
             "flip_tta": model.tta.flip, "input": "uint8 [B,3,H,W] RGB, any H and W",
             "output": f"float32 [B,{out_dim}] L2-normalised",
             "resize": "bilinear, antialiased, to each member's square size",
@@ -84,23 +87,37 @@ def verify_sample(data: str | None, sample: int, manifest: str | None) -> list[s
     return paths
 
 
+def output_format(out: Path, fmt: str | None) -> str:
+    """The export format: --format, else the file name's suffix; the two must agree."""
+    suffixes = {"torchscript": ".pt", "onnx": ".onnx"}
+    fmt = fmt or {v: k for k, v in suffixes.items()}.get(out.suffix)
+    if fmt not in suffixes or out.suffix != suffixes[fmt]:
+        raise EnsError(f"--out {out}: expected a .pt file name (TorchScript) or .onnx (ONNX)"
+                       + (f"; --format {fmt} writes {suffixes[fmt]}" if fmt in suffixes else ""))
+    return fmt
+
+
 def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, sample: int = 16,
-           verify_manifest: str | None = None) -> dict:
+           verify_manifest: str | None = None, fmt: str | None = None) -> dict:
     """Trace MODEL into `out`, check it against the package's own embedding, write `out` and `out`.json."""
     out = Path(out)
-    if out.suffix != ".pt":
-        raise EnsError(f"--out {out}: expected a .pt file name")
+    fmt = output_format(out, fmt)
     model = resolve_model(spec, workdir, device=torch.device("cpu"))
-    desc = describe(model)
+    desc = describe(model, fmt)
     started = time.perf_counter()
-    scripted = trace(model.graph())
     paths = verify_sample(desc["data"], sample, verify_manifest)
     reference = reference_embeddings(model, paths)
-    desc["verify"] = verify(scripted, model.name, reference, paths)
+    if fmt == "onnx":
+        graph = to_onnx_bytes(model.graph())
+        runner = OnnxRunner(graph)
+    else:
+        runner = scripted = trace(model.graph())
+    desc["verify"] = verify(runner, model.name, reference, paths)
     desc["torch"] = torch.__version__
     desc["export_seconds"] = round(time.perf_counter() - started, 1)
-    data = serialize(scripted, desc)
-    verify(jit_load(io.BytesIO(data)), model.name, reference[:2], paths[:2])  # what users will load
+    data = with_onnx_meta(graph, desc) if fmt == "onnx" else serialize(scripted, desc)
+    check = OnnxRunner(data) if fmt == "onnx" else jit_load(io.BytesIO(data))
+    verify(check, model.name, reference[:2], paths[:2])  # what users will load: check it once more
     atomic_write_bytes(out, data)
     desc["sha1"] = file_sha1(out)
     atomic_write_json(out.with_suffix(".json"), desc)

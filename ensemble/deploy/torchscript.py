@@ -7,25 +7,18 @@ fixed shape and tracing is exact for every input size.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_npy
 from ..data.augment import to_uint8_tensor
-from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..data.decode import decode_image
-from ..data.manifest import Manifest
-from ..device import limit_worker_threads
 from ..errors import EnsError
-from ..hashing import file_sha1
 
 FORMAT = "ens-export-1"
 
@@ -101,28 +94,3 @@ def read_export_meta(path: str | Path) -> dict:
     if meta.get("format") != FORMAT:
         raise EnsError(f"{path}: export format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
-
-
-def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path, workers: int = 2) -> np.ndarray:
-    """Embed every manifest row with an exported file, each image fed whole at its own size
-    (cached under `cache_dir` by file and manifest hash). Unreadable images give zero rows."""
-    path = Path(path)
-    key = hashlib.sha1(f"{file_sha1(path)}|{manifest.sha1}".encode()).hexdigest()[:20]
-    cache = Path(cache_dir) / f"export-{path.stem}" / f"{key}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    module = jit_load(path)
-    dim = read_export_meta(path)["output_dim"]
-    dataset = ImageDataset(manifest.paths, [0] * len(manifest), to_uint8_tensor)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skip,
-                                         worker_init_fn=limit_worker_threads)
-    fails = FailureLog(manifest.paths, 0.01)
-    out = np.zeros((len(manifest), dim), np.float32)
-    with torch.no_grad():
-        for batch in loader:
-            fails.update(batch)
-            if batch["images"] is not None:
-                out[batch["indices"].numpy()] = module(batch["images"]).numpy()
-    fails.check(final=True)
-    atomic_write_npy(cache, out)
-    return out

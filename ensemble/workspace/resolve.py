@@ -1,7 +1,7 @@
 """MODEL names -> one typed `ResolvedModel` that every command uses.
 
 Grammar: a member name, `ensemble` / `ensemble:<name>` (default: the newest ensemble),
-`student:<name>`, or an exported `.pt` file.
+`student:<name>`, or an exported file (`.pt` TorchScript, `.onnx`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import Manifest
-from ..deploy.torchscript import embed_exported, read_export_meta
+from ..deploy.exported import FORMATS, embed_exported, read_meta
 from ..device import pick_device
 from ..distributed import device_for, world
 from ..embed.cache import embed_manifest
@@ -43,7 +43,7 @@ class ModelRef:
             if not spec.partition(":")[2]:
                 raise EnsError(f"MODEL {spec!r}: expected student:<name>")
             return cls("student", spec.partition(":")[2])
-        if spec.endswith(".pt"):
+        if Path(spec).suffix in FORMATS:
             return cls("export", Path(spec).name, Path(spec))
         return cls("member", spec)
 
@@ -76,7 +76,7 @@ class ResolvedModel:
         if self.ensemble is not None:
             return self.ensemble.out_dim
         if self.exported is not None:
-            return int(read_export_meta(self.exported)["output_dim"])
+            return int(read_meta(self.exported)["output_dim"])
         return self.parts[0].embedder.out_dim
 
     @property
@@ -160,6 +160,6 @@ def _ensemble(ws: Workspace, name: str | None, features: str | None, device) -> 
 def _exported(path: Path) -> ResolvedModel:
     if not path.is_file():
         raise EnsError(f"MODEL {path}: exported file not found")
-    meta = read_export_meta(path)
+    meta = read_meta(path)
     return ResolvedModel(f"export:{path.name}", "export", TTA(flip=meta["flip_tta"]), meta.get("data"), [],
                          exported=path)

@@ -86,7 +86,7 @@ def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_works
 
 def test_export_errors(distilled_workspace, tmp_path):
     with pytest.raises(EnsError, match="expected a .pt file name"):
-        export("student:stu", distilled_workspace, tmp_path / "x.onnx")
+        export("student:stu", distilled_workspace, tmp_path / "x.bin")
     not_ts = tmp_path / "plain.pt"
     torch.save({"a": 1}, not_ts)
     with pytest.raises(EnsError, match="not a TorchScript file"):
@@ -181,3 +181,64 @@ def test_export_is_checked_against_what_ens_eval_computes_on_jpegs(distilled_wor
                                       jpeg_draft=False))
     assert (1 - np.sum(full * as_eval, axis=1)).max() > 1e-5  # the draft changes these embeddings...
     assert (1 - np.sum(reference * as_eval, axis=1)).max() < 1e-6  # ...and the export's reference has it too
+
+
+ONNX_CONTRACT = r"""
+import json, sys
+sys.modules["ensemble"] = None
+sys.modules["torch"] = None  # the file needs onnxruntime only
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = json.loads(s.get_modelmeta().custom_metadata_map["ens.json"])
+out = {"dim": meta["output_dim"]}
+for b, h, w in [(1, 1, 1), (1, 3000, 200), (3, 37, 500)]:
+    x = np.random.default_rng(h).integers(0, 256, (b, 3, h, w), dtype=np.uint8)
+    y = s.run(None, {"images": x})[0]
+    out[f"{b}x{h}x{w}"] = [list(y.shape), str(y.dtype), np.linalg.norm(y, axis=1).tolist()]
+for name, x in [("float", np.zeros((1, 3, 8, 8), np.float32)), ("grey", np.zeros((1, 1, 8, 8), np.uint8)),
+                ("nhwc", np.zeros((1, 8, 8, 3), np.uint8))]:
+    try:
+        s.run(None, {"images": x})
+        out[name] = "accepted"
+    except Exception as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("spec", ["student:stu", "ensemble:teach"])
+def test_onnx_export_keeps_the_contract_and_runs_in_ens_eval(distilled_workspace, tmp_path, spec):
+    from click.testing import CliRunner
+
+    from ensemble.cli import main
+
+    out = tmp_path / "model.onnx"
+    desc = export(spec, distilled_workspace, out, sample=4, fmt="onnx")
+    assert desc["file_format"] == "onnx" and desc["verify"]["min_cosine"] >= 0.999
+    script = tmp_path / "onnx_contract.py"
+    script.write_text(ONNX_CONTRACT)
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    for key in ("1x1x1", "1x3000x200", "3x37x500"):
+        shape, dtype, norms = result[key]
+        assert shape == [int(key[0]), 8] and dtype == "float32" and np.allclose(norms, 1.0, atol=1e-5)
+    assert "expected: (tensor(uint8))" in result["float"]
+    assert "images" in result["grey"] and "Expected: 3" in result["grey"]
+    assert "Expected: 3" in result["nhwc"]
+    # ens eval runs the file with onnxruntime and scores what the package scores (PNG images, no draft)
+    ws = Workspace(distilled_workspace)
+    query = read_manifest(distilled_workspace.parent / "query.csv")
+    from_file = resolve_model(str(out), ws).embed(query, ws, workers=0)
+    from_package = resolve_model(spec, ws).embed(query, ws, workers=0)
+    assert np.sum(from_file * from_package, axis=1).min() > 0.999
+    shown = CliRunner().invoke(main, ["show", str(out), "--workdir", str(distilled_workspace)])
+    assert shown.exit_code == 0 and json.loads(shown.output)["output_dim"] == 8
+
+
+def test_export_format_and_file_name_must_agree(distilled_workspace, tmp_path):
+    with pytest.raises(EnsError, match=r"--format onnx writes \.onnx"):
+        export("student:stu", distilled_workspace, tmp_path / "x.pt", fmt="onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(EnsError, match="junk.onnx: not an ONNX file"):
+        resolve_model(str(tmp_path / "junk.onnx"), distilled_workspace)

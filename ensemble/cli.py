@@ -214,6 +214,63 @@ def pipeline_cmd(config: str, workdir: str) -> None:
     echo(pipeline.run(config, workdir))
 
 
+@main.group("index")
+def index_group() -> None:
+    """Searchable galleries: images embedded by a MODEL in a persisted faiss index."""
+
+
+GALLERY_IMAGES = [click.option("--manifest", type=click.Path(), default=None, help="CSV with a path column."),
+                  click.option("--folder", type=click.Path(file_okay=False), default=None,
+                               help="Every image below this folder (label: its parent folder's name).")]
+
+
+def gallery_images(fn):
+    for option in reversed(GALLERY_IMAGES):
+        fn = option(fn)
+    return fn
+
+
+@index_group.command("build")
+@MODEL_ARG
+@gallery_images
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Gallery folder to write.")
+@click.option("--approx-above", default=1_000_000, show_default=True,
+              help="Images above which the index is IVF-Flat (its recall vs exact is measured) instead of exact.")
+@click.option("--workers", default=2, show_default=True)
+@WORKDIR
+def index_build_cmd(model, manifest, folder, out, approx_above, workers, workdir):
+    """Embed a gallery with MODEL (any MODEL, exported files included) into a searchable index."""
+    from .commands import index
+
+    echo(index.run_build(model, workdir, out, manifest, folder, approx_above, workers))
+
+
+@index_group.command("add")
+@click.argument("index", type=click.Path(file_okay=False))
+@gallery_images
+@click.option("--workers", default=2, show_default=True)
+@WORKDIR
+def index_add_cmd(index, manifest, folder, workers, workdir):
+    """Embed more images with the gallery's own model and append them."""
+    from .commands import index as index_command
+
+    echo(index_command.run_add(index, workdir, manifest, folder, workers))
+
+
+@main.command("search")
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per query.")
+@click.option("--model", default=None, help="Embed the queries with this MODEL (must embed as the gallery's did).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@WORKDIR
+def search_cmd(index, images, k, model, as_json, workdir):
+    """Print the nearest gallery images of each query IMAGE, with Euclidean distances."""
+    from .commands import search
+
+    echo(search.run(index, images, k, model, as_json, workdir))
+
+
 @main.group("data")
 def data_group() -> None:
     """Datasets: fetch public ones and write their manifests."""

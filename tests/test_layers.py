@@ -11,14 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ensemble"
 # a module may import only from its own layer or the layers before it
 LAYERS = [
     # (the package folders fuse/, evaluate/, deploy/ hold modules of several layers: listed by module)
-    {"errors", "atomic", "hashing", "checkpoint", "device", "distributed", "fuse", "evaluate", "deploy"},
+    {"errors", "atomic", "hashing", "checkpoint", "device", "distributed", "fuse", "evaluate", "deploy", "gallery"},
     {"config"},
     {"data", "models.preprocess"},  # the one resize + normalise of training, eval and exports
     {"models", "losses", "tasks"},
     {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "evaluate.metrics", "evaluate.report",
-     "evaluate.model", "deploy.torchscript", "deploy.onnx", "deploy.exported"},
+     "evaluate.model", "deploy.torchscript", "deploy.onnx", "deploy.exported", "gallery.store"},
     {"workspace"},
-    {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget"},
+    {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget", "gallery.build"},
     {"commands"},
     {"cli"},
 ]

@@ -80,3 +80,33 @@ def canonical_paths(base: Path, paths: list[str]) -> tuple[str, ...]:
         out.append(os.path.join(real_dir[folder], name))
     return tuple(out)
 
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def write_path_manifest(paths: list[str | Path], out: Path, labels: list[str] | None = None) -> Manifest:
+    """A manifest of these image paths (absolute; labels optional) written at `out` and read back."""
+    import io
+
+    from ..atomic import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "domain"])
+    for i, path in enumerate(paths):
+        writer.writerow([str(Path(path).resolve()), labels[i] if labels else "", ""])
+    atomic_write_text(out, buffer.getvalue())
+    return read_manifest(out, require_label=False)
+
+
+def folder_manifest(folder: str | Path, out: Path) -> Manifest:
+    """Every image below `folder` (by suffix, sorted), labelled by its parent folder's name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EnsError(f"--folder {folder}: not a folder")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not found:
+        raise EnsError(f"--folder {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) below it")
+    labels = [p.parent.name if p.parent != folder else "" for p in found]
+    return write_path_manifest(found, out, labels)

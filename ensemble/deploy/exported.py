@@ -40,13 +40,14 @@ def load_runner(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return OnnxRunner(path) if export_format(path) == "onnx" else jit_load(path)
 
 
-def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path, workers: int = 2) -> np.ndarray:
+def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None, workers: int = 2) -> np.ndarray:
     """Embed every manifest row with an exported file, each image fed whole at its own size
-    (cached under `cache_dir` by file and manifest hash). Unreadable images give zero rows."""
+    (cached under `cache_dir` by file and manifest hash, unless it is None). Unreadable images give
+    zero rows."""
     path = Path(path)
     key = hashlib.sha1(f"{file_sha1(path)}|{manifest.sha1}".encode()).hexdigest()[:20]
-    cache = Path(cache_dir) / f"export-{path.name}" / f"{key}.npy"
-    if cache.is_file():
+    cache = Path(cache_dir) / f"export-{path.name}" / f"{key}.npy" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
         return np.load(cache)
     dim = read_meta(path)["output_dim"]
     run = load_runner(path)
@@ -61,5 +62,6 @@ def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path, worker
             if batch["images"] is not None:
                 out[batch["indices"].numpy()] = run(batch["images"]).numpy()
     fails.check(final=True)
-    atomic_write_npy(cache, out)
+    if cache is not None:
+        atomic_write_npy(cache, out)
     return out

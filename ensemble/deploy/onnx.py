@@ -26,7 +26,6 @@ MAX_PROTO_BYTES = 2_000_000_000  # protobuf's limit for one self-contained file
 
 def to_onnx_bytes(module: nn.Module) -> bytes:
     """Export `module` (uint8 images -> embeddings) with dynamic batch, height and width."""
-    import onnx
 
     example = torch.randint(0, 256, (2, 3, 97, 131), dtype=torch.uint8)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}

@@ -22,6 +22,7 @@ from ..embed.extract import TTA, Embedder
 from ..errors import EnsError
 from ..fuse.combine import fuse_features
 from ..fuse.graph import EmbeddingGraph, FusionHead, MemberBranch
+from ..hashing import file_sha1
 from .artifacts import EnsembleFile, ModelFile, member_file, read_ensemble, student_file
 from .layout import Workspace
 
@@ -88,14 +89,24 @@ class ResolvedModel:
         return fuse_features(self.head, features, [p.embedder.out_dim for p in self.parts], self.name)
 
     def embed(self, manifest: Manifest, ws: Workspace, tta: TTA | None = None, workers: int = 2,
-              batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
-        """The model's embedding of every manifest row (part features cached in the workspace;
-        sharded across ranks in a multi-process run)."""
+              batch_size: int = 64, device: torch.device | None = None, cache: bool = True) -> np.ndarray:
+        """The model's embedding of every manifest row (part features cached in the workspace unless
+        cache=False; sharded across ranks in a multi-process run)."""
         if self.exported is not None:
-            return embed_exported(self.exported, manifest, ws.cache_dir, workers)
+            return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers)
         device = device_for(world(), device or pick_device("auto"))
-        feats = embed_manifest(self.embedders, manifest, ws.cache_dir, device, tta or self.tta, batch_size, workers)
+        feats = embed_manifest(self.embedders, manifest, ws.cache_dir, device, tta or self.tta, batch_size, workers,
+                               use_cache=cache)
         return self.combine(feats)
+
+    def identity(self) -> dict:
+        """What makes two models embed alike: their files' hashes and features, fusion and TTA."""
+        if self.exported is not None:
+            return {"kind": "export", "sha1": file_sha1(self.exported)}
+        reducer = self.ensemble.description["reducer"] if self.ensemble is not None else None
+        return {"kind": self.kind, "parts": [p.embedder.key for p in self.parts],
+                "groups": self.head.groups if self.head is not None else None,
+                "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe()}
 
     def graph(self) -> EmbeddingGraph:
         """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces."""

@@ -1,0 +1,59 @@
+"""ens index build / add and ens search on a workspace's models."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ensemble.cli import main
+from ensemble.data.manifest import read_manifest
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_build_search_add_and_a_changed_model_is_refused(distilled_workspace, tmp_path):
+    data = distilled_workspace.parent
+    out = tmp_path / "gallery"
+    text = run("index", "build", "student:stu", "--manifest", data / "index.csv", "--out", out, "--workers", 0,
+               "--workdir", distilled_workspace)
+    assert "20 images x 8-d" in text and "exact" in text
+    index = read_manifest(data / "index.csv")
+    # an index image finds itself first, at distance ~0
+    found = json.loads(run("search", out, index.paths[3], "--k", 3, "--json", "--workdir", distilled_workspace))
+    first = found[0]["neighbours"][0]
+    assert first["path"] == index.paths[3] and first["distance"] < 1e-3 and len(found[0]["neighbours"]) == 3
+    assert first["label"] == index.labels[3]
+    text = run("index", "add", out, "--manifest", data / "query.csv", "--workers", 0, "--workdir", distilled_workspace)
+    assert "24 images" in text
+    query = read_manifest(data / "query.csv")
+    found = json.loads(run("search", out, query.paths[0], "--k", 1, "--json", "--workdir", distilled_workspace))
+    assert found[0]["neighbours"][0]["path"] == query.paths[0]
+    again = CliRunner().invoke(main, ["index", "add", str(out), "--manifest", str(data / "query.csv"),
+                                      "--workdir", str(distilled_workspace)])
+    assert again.exit_code == 2 and "already in the gallery" in again.output
+    other = CliRunner().invoke(main, ["search", str(out), query.paths[0], "--model", "vit_a",
+                                      "--workdir", str(distilled_workspace)])
+    assert other.exit_code == 2 and "embeds differently" in other.output
+
+
+def test_folder_galleries_are_labelled_by_folder(distilled_workspace, tmp_path):
+    import shutil
+
+    from ensemble.gallery.build import build_gallery
+
+    index = read_manifest(distilled_workspace.parent / "index.csv")
+    for i, (path, label) in enumerate(zip(index.paths[:6], index.labels[:6], strict=True)):
+        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "imgs" / label / f"{i}.png")
+    gallery = build_gallery("vit_a", distilled_workspace, tmp_path / "g", folder=str(tmp_path / "imgs"), workers=0)
+    assert gallery.index.ntotal == 6 and sorted({r["label"] for r in gallery.rows}) == sorted(set(index.labels[:6]))
+    from ensemble.errors import EnsError
+
+    with pytest.raises(EnsError, match="give exactly one of --manifest CSV and --folder DIR"):
+        build_gallery("vit_a", distilled_workspace, tmp_path / "h")
+    with pytest.raises(EnsError, match="a gallery is already there"):
+        build_gallery("vit_a", distilled_workspace, tmp_path / "g", folder=str(tmp_path / "imgs"))

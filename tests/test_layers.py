@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ensemble"
 # a module may import only from its own layer or the layers before it
 LAYERS = [
     # (the package folders fuse/, evaluate/, deploy/ hold modules of several layers: listed by module)
-    {"errors", "atomic", "hashing", "checkpoint", "device", "distributed", "fuse", "evaluate", "deploy", "gallery"},
+    {"errors", "atomic", "hashing", "checkpoint", "device", "distributed", "progress",
+     "fuse", "evaluate", "deploy", "gallery"},
     {"config"},
     {"data", "models.preprocess"},  # the one resize + normalise of training, eval and exports
     {"models", "losses", "tasks"},

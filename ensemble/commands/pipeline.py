@@ -22,6 +22,7 @@ from ..errors import EnsError
 from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
+from ..progress import announce, step
 from ..train.member import train_member
 from ..train.student import distill
 from ..workspace.layout import Workspace
@@ -72,8 +73,13 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
     if missing:
         raise EnsError(f"{cfg.ensemble}: members {missing} are not trained by this pipeline's `members`")
     student = load_student_cfg(cfg.student) if cfg.student is not None else None
-    results = [train_member(member, ws) for member in members]
-    ensemble = fuse_or_reuse(ens_cfg, ws)
+    steps = Steps(len(members) + 2 + (student is not None) * (1 + cfg.export))
+    results = []
+    for member in members:
+        with steps.next(f"member {member.name}"):
+            results.append(train_member(member, ws))
+    with steps.next(f"ensemble {ens_cfg.name}"):
+        ensemble = fuse_or_reuse(ens_cfg, ws)
     data = str(cfg.data or members[0].data)
     features = ensemble.ensemble.features
     models = [(m, features) for m in ens_cfg.members] + [(ensemble.name, None)]
@@ -81,14 +87,42 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
         if student.teacher is None:
             student.teacher = ensemble.ensemble.name
         student.eval.enabled = False  # evaluated below with the others (eval keys are not in the recipe key)
-        distill(student, ws)
+        with steps.next(f"student {student.name}"):
+            distill(student, ws)
         models.append((f"student:{student.name}", None))
         if cfg.export:
-            models.append((str(export_or_reuse(student.name, ws)), None))
+            with steps.next(f"export {student.name}"):
+                models.append((str(export_or_reuse(student.name, ws)), None))
+    with steps.next(f"evaluate {len(models)} models"):
+        rows = _evaluate_all(cfg, ws, data, models, ensemble, student, results[0])
+    summary = {"pipeline": cfg.name, "data": data, "rows": rows}
+    out = ws.reports_dir / f"pipeline_{cfg.name}.json"
+    atomic_write_json(out, summary)
+    atomic_write_text(out.with_suffix(".md"), format_table(summary) + "\n")
+    summary["files"] = [str(out), str(out.with_suffix(".md"))]
+    return summary
+
+
+class Steps:
+    """Numbered pipeline steps: each is announced with its name; its number labels the progress bars
+    inside it (which name their model themselves)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def next(self, name: str):
+        self.done += 1
+        announce(f"[{self.done}/{self.total}] {name}")
+        return step(f"[{self.done}/{self.total}]")
+
+
+def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ensemble: ResolvedModel,
+                  student, first_member: dict) -> list[dict]:
+    """One row per model: the first member's untrained backbone, then every model's report and cost."""
     rows = []
-    untrained = results[0].get("untrained_backbone")
+    untrained = first_member.get("untrained_backbone")
     if untrained:
-        rows.append({"model": f"{members[0].name}, untrained backbone", **_scores(untrained)})
+        rows.append({"model": f"{first_member['name']}, untrained backbone", **_scores(untrained)})
     resolved = {ensemble.name: ensemble}  # each model file is loaded (and hashed) once
     for spec, feats in models:
         if spec not in resolved:
@@ -99,12 +133,7 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
         exported = spec if model.kind == "export" else None
         costed = resolved[f"student:{student.name}"] if exported else model  # an export costs as its student
         rows.append({"model": report["model"], **_scores(report), **cost(costed, cfg.measure_seconds, exported)})
-    summary = {"pipeline": cfg.name, "data": data, "rows": rows}
-    out = ws.reports_dir / f"pipeline_{cfg.name}.json"
-    atomic_write_json(out, summary)
-    atomic_write_text(out.with_suffix(".md"), format_table(summary) + "\n")
-    summary["files"] = [str(out), str(out.with_suffix(".md"))]
-    return summary
+    return rows
 
 
 def _scores(report: dict) -> dict:

@@ -23,6 +23,7 @@ from ..data.manifest import read_manifest
 from ..embed.extract import extract_many
 from ..errors import EnsError
 from ..hashing import file_sha1
+from ..progress import announce
 from ..workspace.layout import MODEL_FILE, Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
 from .onnx import OnnxRunner, to_onnx_bytes, with_onnx_meta
@@ -107,6 +108,7 @@ def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, s
     started = time.perf_counter()
     paths = verify_sample(desc["data"], sample, verify_manifest)
     reference = reference_embeddings(model, paths)
+    announce(f"export {model.name}: {fmt}, {len(model.parts) or 1} model(s); verifying on {len(paths)} images")
     if fmt == "onnx":
         graph = to_onnx_bytes(model.graph())
         runner = OnnxRunner(graph)

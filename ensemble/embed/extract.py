@@ -20,6 +20,7 @@ from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..device import limit_worker_threads, memory_format
 from ..distributed import gather_rows, world
 from ..models.preprocess import Preprocess
+from ..progress import label
 
 
 @dataclass
@@ -106,7 +107,9 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     fails = FailureLog(shard, max_fail_ratio)
     outputs = [np.zeros((len(shard), e.out_dim), np.float32) for e in embedders]
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not w.main):
+        names = ", ".join(e.name for e in embedders)
+        for batch in tqdm(loader, desc=label(f"{desc} ({names})"), dynamic_ncols=True, leave=False,
+                          disable=not w.main):
             fails.update(batch)
             if batch["images"] is None:
                 continue

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..atomic import atomic_file
 from ..errors import EnsError
+from ..progress import label
 from .graph import pca_project, pca_scale
 
 
@@ -98,7 +100,8 @@ def fit_pca(features, n_components: int, whiten: bool = False, power_iters: int 
     mean, total_var = _mean_and_total_var(features, chunk_rows)
     width = min(n_components + oversample, d)
     block = np.random.default_rng(seed).standard_normal((d, width))
-    for _ in range(power_iters):
+    for _ in tqdm(range(power_iters), desc=label(f"fit PCA-{n_components} ({n:,} x {d})"), leave=False,
+                  disable=n * d < 10_000_000):  # only where a pass takes a while
         block, _ = np.linalg.qr(_cov_times(features, mean, block, chunk_rows))
     projected = block.T @ _cov_times(features, mean, block, chunk_rows)  # Q^T C Q, small
     eigvals, eigvecs = np.linalg.eigh((projected + projected.T) / 2)

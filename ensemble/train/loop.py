@@ -26,6 +26,7 @@ from ..config.schema import OptimCfg, StageCfg
 from ..device import autocast_dtype, memory_format
 from ..distributed import barrier, device_for, world
 from ..errors import EnsError
+from ..progress import label
 from ..tasks.base import Task
 from .optim import build_optimizer, build_scheduler, param_groups
 
@@ -149,7 +150,8 @@ class Trainer:
         self.task.on_epoch_start(global_epoch)
         self.task.train()
         loader = self.spec.make_loader(global_epoch)
-        desc = f"stage {si + 1}/{len(self.spec.stages)} [{'+'.join(stage.train)}] epoch {epoch + 1}/{stage.epochs}"
+        desc = label(f"{self.spec.kind} {self.spec.run_dir.name} stage {si + 1}/{len(self.spec.stages)} "
+                     f"[{'+'.join(stage.train)}] epoch {epoch + 1}/{stage.epochs}")
         bar = tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not self.world.main)
         totals = {"loss": 0.0, "batches": 0, "images": 0, "skipped": 0, "steps": 0}
         lrs = {g["tag"]: g["lr"] for g in optimizer.param_groups}

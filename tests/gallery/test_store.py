@@ -16,7 +16,7 @@ def test_exact_below_the_threshold_and_ivf_above_it_with_its_recall():
     x = vectors(3000)
     exact, facts = build_faiss(x, approx_above=5000)
     assert facts == {"type": "exact"} and exact.ntotal == 3000
-    ivf, facts = build_faiss(x, approx_above=1000)
+    _, facts = build_faiss(x, approx_above=1000)
     assert facts["type"] == "ivf_flat" and facts["nlist"] == 54 and 0.5 < facts["recall_at_10_vs_exact"] <= 1.0
 
 

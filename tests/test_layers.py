@@ -17,7 +17,7 @@ LAYERS = [
     {"data", "models.preprocess"},  # the one resize + normalise of training, eval and exports
     {"models", "losses", "tasks"},
     {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "evaluate.metrics", "evaluate.report",
-     "evaluate.model", "deploy.torchscript", "deploy.onnx", "deploy.exported", "gallery.store"},
+     "evaluate.model", "evaluate.html", "deploy.torchscript", "deploy.onnx", "deploy.exported", "gallery.store"},
     {"workspace"},
     {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget", "gallery.build"},
     {"commands"},

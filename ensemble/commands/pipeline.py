@@ -19,6 +19,7 @@ from ..config.schema import PipelineCfg
 from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
 from ..errors import EnsError
+from ..evaluate.html import write_html
 from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
@@ -94,12 +95,13 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
             with steps.next(f"export {student.name}"):
                 models.append((str(export_or_reuse(student.name, ws)), None))
     with steps.next(f"evaluate {len(models)} models"):
-        rows = _evaluate_all(cfg, ws, data, models, ensemble, student, results[0])
+        rows, reports = _evaluate_all(cfg, ws, data, models, ensemble, student, results[0])
     summary = {"pipeline": cfg.name, "data": data, "rows": rows}
     out = ws.reports_dir / f"pipeline_{cfg.name}.json"
     atomic_write_json(out, summary)
     atomic_write_text(out.with_suffix(".md"), format_table(summary) + "\n")
-    summary["files"] = [str(out), str(out.with_suffix(".md"))]
+    write_html(out.with_suffix(".html"), f"ens pipeline {cfg.name} (query vs index of {data})", rows, reports)
+    summary["files"] = [str(out.with_suffix(s)) for s in (".json", ".md", ".html")]
     return summary
 
 
@@ -117,9 +119,10 @@ class Steps:
 
 
 def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ensemble: ResolvedModel,
-                  student, first_member: dict) -> list[dict]:
-    """One row per model: the first member's untrained backbone, then every model's report and cost."""
-    rows = []
+                  student, first_member: dict) -> tuple[list[dict], list[dict]]:
+    """(rows, reports): one row per model, the first member's untrained backbone first, each with its
+    cost; the models' eval reports."""
+    rows, reports = [], []
     untrained = first_member.get("untrained_backbone")
     if untrained:
         rows.append({"model": f"{first_member['name']}, untrained backbone", **_scores(untrained)})
@@ -132,8 +135,10 @@ def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ense
                           out=ws.reports_dir / cfg.name / f"{Path(spec).name.replace(':', '_')}.json")
         exported = spec if model.kind == "export" else None
         costed = resolved[f"student:{student.name}"] if exported else model  # an export costs as its student
-        rows.append({"model": report["model"], **_scores(report), **cost(costed, cfg.measure_seconds, exported)})
-    return rows
+        rows.append({"model": report["model"], "dim": report["dim"], **_scores(report),
+                     **cost(costed, cfg.measure_seconds, exported)})
+        reports.append(report)
+    return rows, reports
 
 
 def _scores(report: dict) -> dict:

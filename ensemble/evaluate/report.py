@@ -34,7 +34,8 @@ def write_markdown(path: Path, reports: list[dict], k: int = 5) -> None:
     atomic_write_text(path, markdown_table(reports, k))
 
 
-def _thumb(path: str, size_px: int = 96) -> np.ndarray:
+def thumbnail(path: str, size_px: int = 96) -> np.ndarray:
+    """A square RGB thumbnail (grey for an unreadable image)."""
     from PIL import Image
 
     try:
@@ -71,7 +72,7 @@ def write_png(path: Path, q: Manifest, x: Manifest, neighbors: np.ndarray, title
                   for j in neighbors[qi]]
         for c, (img_path, label, colour) in enumerate(cells):
             ax = axes[r, c]
-            ax.imshow(_thumb(img_path))
+            ax.imshow(thumbnail(img_path))
             ax.set_title(label, fontsize=6, color=colour)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -10,6 +10,7 @@ from ..data.manifest import check_unique, read_manifest
 from ..errors import EnsError
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
+from .html import examples, write_html
 from .metrics import evaluate_embeddings, knn
 from .report import write_markdown, write_png
 
@@ -48,9 +49,12 @@ def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, 
                                  approx_above=approx_above)
     report.update(model=model.name, kind=model.kind, dim=int(q.shape[1]), query=str(q_manifest.source),
                   index=str(i_manifest.source), k=k, tta=model.tta.describe())
+    neighbors = knn(q, x, k)
+    report["examples"] = examples(q_manifest, i_manifest, q, x, neighbors, k)
     out = Path(out) if out else ws.reports_dir / f"{model.name.replace(':', '_')}.json"
     atomic_write_json(out, report)
     write_markdown(out.with_suffix(".md"), [report], k)
-    write_png(out.with_suffix(".png"), q_manifest, i_manifest, knn(q, x, k), title=model.name)
-    report["files"] = [str(out), str(out.with_suffix(".md")), str(out.with_suffix(".png"))]
+    write_png(out.with_suffix(".png"), q_manifest, i_manifest, neighbors, title=model.name)
+    write_html(out.with_suffix(".html"), f"ens eval {model.name}", [report], [report])
+    report["files"] = [str(out.with_suffix(s)) for s in (".json", ".md", ".png", ".html")]
     return report

@@ -300,6 +300,17 @@ def data_build_cmd(config: str) -> None:
     echo(data.run_build(config))
 
 
+@data_group.command("shards")
+@click.argument("manifest", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the shards.")
+@click.option("--shard-size", default=1000, show_default=True, help="Images per tar shard.")
+def data_shards_cmd(manifest: str, out: str, shard_size: int) -> None:
+    """Pack MANIFEST's images into WebDataset tar shards plus a manifest that reads them by offset."""
+    from .commands import data
+
+    echo(data.run_shards(manifest, out, shard_size))
+
+
 @main.command("show")
 @click.argument("model")
 @WORKDIR

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .shards import read_member
 
 
 class DecodeError(Exception):
@@ -28,6 +31,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _source(path: str):
+    """A file path, or the bytes of a WebDataset shard member (`shard.tar@offset:size`) as a stream."""
+    data = read_member(path)
+    return path if data is None else io.BytesIO(data)
+
+
 def decode_image(path: str, draft_px: int | None = None) -> np.ndarray:
     """Decode `path` to an HxWx3 uint8 RGB array.
 
@@ -37,7 +46,7 @@ def decode_image(path: str, draft_px: int | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(_source(path)) as img:
                 if draft_px and img.format == "JPEG":
                     ratio = draft_px / max(min(img.size), 1)
                     img.draft("RGB", tuple(max(1, int(round(side * ratio))) for side in img.size))

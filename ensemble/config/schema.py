@@ -83,11 +83,14 @@ class HeadCfg(Strict):
 
 
 class SamplerCfg(Strict):
-    """Class-balanced epoch: drop classes < min, cap at max, oversample to a floor."""
+    """Class-balanced epoch: drop classes < min, cap at max, oversample to a floor; optionally
+    domain-balanced on top: each domain's share of the epoch is proportional to (its class-balanced
+    size)^domain_alpha (0: equal shares per domain, 1: as without; null: off)."""
 
     min_per_class: PositiveInt = 3
     max_per_class: PositiveInt = 100
     oversample_to: int = Field(20, ge=0)
+    domain_alpha: float | None = Field(None, ge=0)
 
 
 class AugmentCfg(Strict):

@@ -27,6 +27,7 @@ class TrainData:
     classes: list[str]
     counts: list[int]
     sha1: str
+    domains: list[str]
 
 
 def train_data(cfg: MemberCfg) -> TrainData:
@@ -41,7 +42,7 @@ def train_data(cfg: MemberCfg) -> TrainData:
     index = {c: i for i, c in enumerate(classes)}
     targets = [index.get(label, -1) for label in manifest.labels]
     counts = [targets.count(i) for i in range(len(classes))]
-    return TrainData(list(manifest.paths), targets, classes, counts, manifest.sha1)
+    return TrainData(list(manifest.paths), targets, classes, counts, manifest.sha1, list(manifest.domains))
 
 
 def distill_manifest(cfg: StudentCfg) -> Manifest:

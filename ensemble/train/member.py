@@ -31,7 +31,7 @@ def build_member_task(cfg: MemberCfg, data: TrainData, ws: Workspace) -> Classif
 def member_job(cfg: MemberCfg, ws: Workspace) -> TrainJob:
     data = train_data(cfg)
     return TrainJob("member", cfg, ws.member_dir(cfg.name), recipe_key(cfg, train_manifest_sha1=data.sha1),
-                    data.paths, data.targets, ClassBalancedSampler(data.targets, cfg.sampler, cfg.seed),
+                    data.paths, data.targets, ClassBalancedSampler(data.targets, cfg.sampler, cfg.seed, data.domains),
                     lambda: build_member_task(cfg, data, ws), checkpoint_extra={"labels": data.classes},
                     model_extra={"labels": data.classes, "train_manifest_sha1": data.sha1})
 

@@ -29,6 +29,9 @@ class BackboneCfg(Strict):
     image_size: PositiveInt | None = Field(None, le=MAX_IMAGE_PX)  # None: the architecture's default
     drop_proj: bool = False  # open_clip: use pre-projection features
     init_from: str | None = None  # a member name in the workspace
+    # WiSE-FT: the saved backbone is (1 - wise_ft) x its starting weights + wise_ft x the fine-tuned ones
+    # (null: the fine-tuned weights); keeps what the pretrained backbone knew about other domains
+    wise_ft: float | None = Field(None, gt=0, le=1)
     grad_checkpointing: bool = False
     freeze_bn: bool = False  # keep BatchNorm statistics frozen (needed for folded-BN weights)
     channels_last: bool = True  # NHWC convolutions: 1.6x faster MobileNet on the CPU here

@@ -60,6 +60,15 @@ class TrainJob:
         return self.run_dir / MODEL_FILE
 
 
+def interpolate(module: torch.nn.Module, start: dict, weight: float) -> None:
+    """WiSE-FT: floating-point weights become (1 - weight) x start + weight x now (buffers' counts kept)."""
+    state = module.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            if value.is_floating_point():
+                value.copy_(torch.lerp(start[key].to(value.device, value.dtype), value, weight))
+
+
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it)."""
     if not job.model_path.exists():
@@ -91,8 +100,11 @@ def run_training(job: TrainJob) -> bool:
                    make_loader=loader_factory(cfg, dataset, job.sampler), on_batch=fails.update,
                    nonfinite=cfg.loader.nonfinite, channels_last=cfg.backbone.channels_last,
                    extra=job.checkpoint_extra)
+    start = {k: v.detach().clone() for k, v in bb.state_dict().items()} if cfg.backbone.wise_ft else None
     Trainer(task, spec).fit()
     fails.check(final=True)
+    if start is not None:
+        interpolate(bb, start, cfg.backbone.wise_ft)
     if not w.main:  # rank 0 saves and evaluates
         return False
     task.model.cpu()

@@ -219,3 +219,19 @@ def test_a_trained_member_beats_its_untrained_backbone_on_real_images(tmp_path):
     result = train_member(cfg, tmp_path / "runs")
     assert result["trained"]["neck"]["queries"] == 24
     assert result["trained"]["neck"]["mP@5"] > result["untrained_backbone"]["mP@5"] + 0.03
+
+
+def test_wise_ft_saves_the_interpolation_of_start_and_fine_tuned_backbones(tmp_path, coil_data):
+    sets = ["eval.enabled=false", "stages=[{train: [all], epochs: 1}]"]
+    plain = load_member_cfg(tiny_recipe(tmp_path, coil_data), sets)
+    wise = load_member_cfg(tiny_recipe(tmp_path, coil_data), [*sets, "backbone.wise_ft=0.25"])
+    torch.manual_seed(plain.seed)
+    start = build_member_task(plain, train_data(plain), Workspace(tmp_path)).model.backbone.state_dict()
+    train_member(plain, tmp_path / "a")
+    train_member(wise, tmp_path / "b")
+    tuned = load_model_file(tmp_path / "a" / "members" / "tiny" / "best.pt").model
+    mixed = load_model_file(tmp_path / "b" / "members" / "tiny" / "best.pt").model
+    for key, value in mixed.backbone.state_dict().items():
+        assert torch.allclose(value, 0.75 * start[key] + 0.25 * tuned.backbone.state_dict()[key], atol=1e-6), key
+    assert torch.equal(mixed.neck[1].weight, tuned.neck[1].weight)  # the neck keeps its fine-tuned weights
+    assert not torch.allclose(mixed.backbone.tower.conv1.weight, tuned.backbone.tower.conv1.weight)

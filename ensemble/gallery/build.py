@@ -33,7 +33,9 @@ def build_gallery(spec: str | None, workdir, out: str | Path, manifest: str | No
         rows = gallery_images(manifest, folder, Path(scratch))
         vectors = model.embed(rows, ws, workers=workers)
     index, facts = build_faiss(vectors, approx_above)
-    meta = {"model": model.name, "identity": model.identity(), "dim": int(vectors.shape[1]), "index": facts,
+    spec = str(model.exported.resolve()) if model.exported is not None else model.name  # to resolve it again
+    meta = {"model": model.name, "spec": spec, "identity": model.identity(), "dim": int(vectors.shape[1]),
+            "index": facts,
             "metric": "euclidean (L2-normalised embeddings)", "workdir": str(ws.root)}
     gallery = Gallery(out, index, manifest_rows(rows), meta)
     save(gallery)
@@ -42,7 +44,7 @@ def build_gallery(spec: str | None, workdir, out: str | Path, manifest: str | No
 
 def gallery_model(gallery: Gallery, ws: Workspace, spec: str | None = None) -> ResolvedModel:
     """The model that embedded the gallery (or `spec`), refused if it would embed differently now."""
-    model = resolve_model(spec or gallery.meta["model"], ws)
+    model = resolve_model(spec or gallery.meta["spec"], ws)
     if model.identity() != gallery.meta["identity"]:
         raise EnsError(f"{gallery.folder}: the gallery was embedded by {gallery.meta['model']} as it was then; "
                        f"{model.name} now embeds differently (other weights, features, fusion or TTA): "

@@ -57,3 +57,16 @@ def test_folder_galleries_are_labelled_by_folder(distilled_workspace, tmp_path):
         build_gallery("vit_a", distilled_workspace, tmp_path / "h")
     with pytest.raises(EnsError, match="a gallery is already there"):
         build_gallery("vit_a", distilled_workspace, tmp_path / "g", folder=str(tmp_path / "imgs"))
+
+
+def test_a_gallery_of_an_exported_file_is_searched_with_that_file(distilled_workspace, tmp_path):
+    from ensemble.deploy.export import export
+    from ensemble.gallery.build import build_gallery, search_gallery
+
+    data = distilled_workspace.parent
+    exported = tmp_path / "stu.onnx"
+    export("student:stu", distilled_workspace, exported, sample=2)
+    build_gallery(str(exported), distilled_workspace, tmp_path / "g", manifest=str(data / "index.csv"), workers=0)
+    index = read_manifest(data / "index.csv")
+    found = search_gallery(tmp_path / "g", distilled_workspace, [index.paths[5]], k=1)
+    assert found[0]["neighbours"][0]["path"] == index.paths[5]

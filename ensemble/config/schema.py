@@ -83,6 +83,9 @@ class HeadCfg(Strict):
     margin_schedule: MarginScheduleCfg | None = None
     adaptive_margin: AdaptiveMarginCfg | None = None
     subcenters: PositiveInt = 1
+    # one softmax per domain over a shared neck (UnED / UDON): a sample competes only with its own
+    # domain's classes (null/false: one softmax over all classes)
+    per_domain: bool | None = None
 
 
 class SamplerCfg(Strict):

@@ -13,11 +13,17 @@ from .base import Task
 
 
 class ClassifyTask(Task):
-    """Cross-entropy over margin logits of the neck embedding."""
+    """Cross-entropy over margin logits of the neck embedding.
 
-    def __init__(self, model: EmbeddingModel, head: MarginHead, head_cfg: HeadCfg):
+    class_domains: domain index per class; given, each sample's softmax runs over its own domain's
+    classes only (one head per domain over the shared neck, as UnED / UDON train).
+    """
+
+    def __init__(self, model: EmbeddingModel, head: MarginHead, head_cfg: HeadCfg,
+                 class_domains: torch.Tensor | None = None):
         super().__init__()
         self.model, self.head, self.head_cfg = model, head, head_cfg
+        self.register_buffer("class_domains", class_domains, persistent=False)
 
     def parts(self) -> dict[str, nn.Module]:
         return {"backbone": self.model.backbone, "neck": self.model.neck, "head": self.head}
@@ -35,4 +41,7 @@ class ClassifyTask(Task):
             with torch.no_grad():
                 feats = self.model.backbone(batch["images"])
         logits = self.head(self.model.neck(feats), batch["targets"])
+        if self.class_domains is not None:
+            other = self.class_domains[None, :] != self.class_domains[batch["targets"]][:, None]
+            logits = logits.masked_fill(other, float("-inf"))
         return F.cross_entropy(logits, batch["targets"])

@@ -235,3 +235,24 @@ def test_wise_ft_saves_the_interpolation_of_start_and_fine_tuned_backbones(tmp_p
         assert torch.allclose(value, 0.75 * start[key] + 0.25 * tuned.backbone.state_dict()[key], atol=1e-6), key
     assert torch.equal(mixed.neck[1].weight, tuned.neck[1].weight)  # the neck keeps its fine-tuned weights
     assert not torch.allclose(mixed.backbone.tower.conv1.weight, tuned.backbone.tower.conv1.weight)
+
+
+def test_multi_domain_options_train_through_the_real_path(tmp_path, coil_data):
+    """head.per_domain and sampler.domain_alpha on a train set with two domains."""
+    import csv
+
+    from tests.conftest import write_manifest
+
+    rows = list(csv.DictReader(open(coil_data.parent / "train.csv")))
+    first = sorted({r["label"] for r in rows})[:1]
+    for r in rows:
+        r["domain"] = "toys" if r["label"] in first else "objects"
+    write_manifest(coil_data.parent / "train.csv", rows)
+    sets = ["eval.enabled=false", "stages=[{train: [all], epochs: 1}]", "head.per_domain=true",
+            "sampler.domain_alpha=0"]
+    cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data), sets)
+    task = build_member_task(cfg, train_data(cfg), Workspace(tmp_path))
+    assert task.class_domains.tolist() == [1, 0, 0, 0]  # sorted domains: objects = 0, toys = 1
+    train_member(cfg, tmp_path / "runs")
+    records = [json.loads(x) for x in (tmp_path / "runs/members/tiny/metrics.jsonl").read_text().splitlines()]
+    assert records[0]["steps"] >= 1 and np.isfinite(records[0]["loss"])

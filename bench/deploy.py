@@ -111,7 +111,18 @@ def table(result: dict) -> str:
     lines += ["", "Extraction of grocery's index with one member (no TTA, 2 loader workers):", "",
               "| images read from | images | img/s |", "|---|---|---|"]
     lines += [f"| {r['read']} | {r['images']:,} | {r['img_per_s']:.1f} |" for r in result["shards"]]
+    lines += ["", NOTES]
     return "\n".join(lines)
+
+
+NOTES = """Reading: the ONNX file under onnxruntime is the fastest way to run the student here; the
+TorchScript file and the package's own graph compute the same embedding (export verifies cosine >= 0.999).
+IVF-Flat (nlist ~ sqrt(N), nprobe 32) keeps only about half of the exact top-10 on random unit vectors,
+which have no cluster structure (IVF's worst case); every gallery records the recall measured on its own
+vectors at build time, and exact search stays the default up to 1,000,000 images (11 ms per query at
+2,000,000 here). No real embedding set here is large enough to measure IVF at scale. Shards and files
+read at the same speed on this machine's local disk (decoding dominates); shards matter where opening
+many small files is slow (network file systems, object stores)."""
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg
 from ensemble.data.manifest import read_manifest
 from ensemble.deploy.export import export_or_reuse
-from ensemble.deploy.torchscript import embed_exported, jit_load
+from ensemble.deploy.exported import embed_exported
+from ensemble.deploy.torchscript import jit_load
 from ensemble.embed.cache import embed_manifest
 from ensemble.embed.embedder import model_embedder
 from ensemble.embed.extract import TTA

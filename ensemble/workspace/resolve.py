@@ -109,7 +109,9 @@ class ResolvedModel:
                 "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe()}
 
     def graph(self) -> EmbeddingGraph:
-        """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces."""
+        """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces
+        and budget times. It shares the parts' modules (no copy of ViT-sized weights): they move to the
+        CPU, and wherever the caller then moves the graph."""
         if self.exported is not None:
             raise EnsError(f"MODEL {self.exported}: already an exported file")
         if self.tta.extra_sizes:

@@ -87,7 +87,8 @@ def model_section(report: dict) -> str:
 STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;
 padding:3px 8px;text-align:right}td:first-child{text-align:left}.row{display:flex;gap:6px;margin:6px 0}
 figure{margin:0;width:104px;font-size:11px;text-align:center}figure img{width:96px;height:96px;border:4px solid}
-.query img{border-color:#333}.hit img{border-color:#2a2}.miss img{border-color:#d22}small{color:#666;word-break:break-all}"""
+.query img{border-color:#333}.hit img{border-color:#2a2}.miss img{border-color:#d22}
+small{color:#666;word-break:break-all}"""
 
 
 # after load the page records how many thumbnails decoded (a headless browser's DOM dump shows it)

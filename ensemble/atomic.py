@@ -80,14 +80,9 @@ def atomic_write_json(path: str | Path, obj, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False))
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def atomic_write_npy(path: str | Path, array: np.ndarray) -> bytes:
     """Write an .npy file; returns its bytes (callers record their checksum)."""
-    data = npy_bytes(array)
-    atomic_write_bytes(path, data)
-    return data
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import EnsError
 
 
@@ -87,10 +89,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 def write_path_manifest(paths: list[str | Path], out: Path, labels: list[str] | None = None) -> Manifest:
     """A manifest of these image paths (absolute; labels optional) written at `out` and read back."""
-    import io
-
-    from ..atomic import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "label", "domain"])

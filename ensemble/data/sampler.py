@@ -18,6 +18,15 @@ def kept_classes(labels: list[str] | tuple[str, ...], cfg: SamplerCfg) -> list[s
     return sorted(label for label, n in counts.items() if n >= cfg.min_per_class)
 
 
+def class_domains(targets: list[int], domains: list[str]) -> dict[int, str]:
+    """Domain of each kept class (that of its first row); a class is assumed to lie in one domain."""
+    out: dict[int, str] = {}
+    for target, domain in zip(targets, domains, strict=True):
+        if target >= 0:
+            out.setdefault(target, domain)
+    return out
+
+
 class ClassBalancedSampler(Sampler[int]):
     """Yields a new balanced, shuffled list of dataset indices each epoch (seeded by seed + epoch).
 
@@ -33,7 +42,7 @@ class ClassBalancedSampler(Sampler[int]):
             if target >= 0:
                 by_class[target].append(row)
         self.by_class = {c: np.asarray(rows) for c, rows in sorted(by_class.items())}
-        self.domain_of = ({c: domains[rows[0]] for c, rows in self.by_class.items()}
+        self.domain_of = (class_domains(targets, domains)
                           if domains is not None and cfg.domain_alpha is not None else None)
 
     def set_epoch(self, epoch: int) -> None:

@@ -19,28 +19,38 @@ def knn(query: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
     return neighbors
 
 
-def approx_knn(query: np.ndarray, index: np.ndarray, k: int, nprobe: int = 32, check_queries: int = 200,
-               seed: int = 0) -> tuple[np.ndarray, dict]:
-    """k-NN through a faiss IVF-Flat index (nlist ~ sqrt(N), k-means on 64 points per list), plus the
-    recall@k it keeps against exact search on a sample of queries (searched exactly, which is cheap)."""
+def ivf_flat(vectors: np.ndarray, rng: np.random.Generator, nprobe: int = 32):
+    """A faiss IVF-Flat index holding `vectors` (float32, contiguous): nlist ~ sqrt(N), k-means on 64
+    points per list drawn with `rng`."""
     import faiss
 
+    n, dim = vectors.shape
+    nlist = max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+    ivf.train(vectors[rng.choice(n, min(n, 64 * nlist), replace=False)])
+    ivf.add(vectors)
+    ivf.nprobe = min(nprobe, nlist)
+    return ivf
+
+
+def overlap(got: np.ndarray, want: np.ndarray, k: int) -> float:
+    """Mean share of each row's exact top-k (`want`) that the approximate top-k (`got`) keeps."""
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want, strict=True)]))
+
+
+def approx_knn(query: np.ndarray, index: np.ndarray, k: int, nprobe: int = 32, check_queries: int = 200,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+    """k-NN through a faiss IVF-Flat index (`ivf_flat`), plus the recall@k it keeps against exact
+    search on a sample of queries (searched exactly, which is cheap)."""
     query = np.ascontiguousarray(query, dtype=np.float32)
     index = np.ascontiguousarray(index, dtype=np.float32)
-    n, dim = index.shape
-    nlist = max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
     rng = np.random.default_rng(seed)
-    train = index[rng.choice(n, min(n, 64 * nlist), replace=False)]
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
-    ivf.train(train)
-    ivf.add(index)
-    ivf.nprobe = min(nprobe, nlist)
-    k = min(k, n)
+    ivf = ivf_flat(index, rng, nprobe)
+    k = min(k, len(index))
     _, neighbors = ivf.search(query, k)
     sample = rng.choice(len(query), min(len(query), check_queries), replace=False)
-    exact = knn(query[sample], index, k)
-    kept = np.mean([len(set(a) & set(b)) / k for a, b in zip(neighbors[sample], exact, strict=True)])
-    return neighbors, {"type": "ivf_flat", "nlist": nlist, "nprobe": ivf.nprobe, "recall_vs_exact": float(kept),
+    kept = overlap(neighbors[sample], knn(query[sample], index, k), k)
+    return neighbors, {"type": "ivf_flat", "nlist": ivf.nlist, "nprobe": ivf.nprobe, "recall_vs_exact": kept,
                        "checked_queries": int(len(sample))}
 
 
@@ -91,6 +101,12 @@ def evaluate_embeddings(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=
                         approx_above: int | None = None) -> dict:
     """Overall metrics plus mP@k per query domain (neighbours from one search: exact unless the
     index has more than `approx_above` rows)."""
+    return evaluate_with_neighbors(q_emb, q_labels, i_emb, i_labels, k, q_domains, map_k, approx_above)[0]
+
+
+def evaluate_with_neighbors(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=None, map_k: int = 100,
+                            approx_above: int | None = None) -> tuple[dict, np.ndarray]:
+    """`evaluate_embeddings`' report, and the neighbours it scored ([queries, max(k, map_k)])."""
     if k < 1:
         raise EnsError(f"--k {k}: expected a positive number of neighbours")
     neighbors, how = search(q_emb, i_emb, max(k, map_k), approx_above)
@@ -102,4 +118,4 @@ def evaluate_embeddings(q_emb, q_labels, i_emb, i_labels, k: int = 5, q_domains=
         report["per_domain"] = {
             d: retrieval_metrics(neighbors[domains == d], q_labels[domains == d], i_labels, k, map_k)[f"mP@{k}"]
             for d in sorted(set(domains.tolist()))}
-    return report
+    return report, neighbors

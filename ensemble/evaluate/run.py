@@ -11,7 +11,7 @@ from ..errors import EnsError
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
 from .html import examples, write_html
-from .metrics import evaluate_embeddings, knn
+from .metrics import evaluate_with_neighbors
 from .report import write_markdown, write_png
 
 APPROX_ABOVE = 2_000_000  # index rows above which eval searches an IVF index (exact 2M x 5k: ~27 s here)
@@ -45,11 +45,11 @@ def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, 
     check_unique(i_manifest)
     q = model.embed(q_manifest, ws, workers=workers)
     x = model.embed(i_manifest, ws, workers=workers)
-    report = evaluate_embeddings(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains,
-                                 approx_above=approx_above)
+    report, searched = evaluate_with_neighbors(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains,
+                                               approx_above=approx_above)
     report.update(model=model.name, kind=model.kind, dim=int(q.shape[1]), query=str(q_manifest.source),
                   index=str(i_manifest.source), k=k, tta=model.tta.describe())
-    neighbors = knn(q, x, k)
+    neighbors = searched[:, :k]  # the neighbours just scored: the report's pictures show what was scored
     report["examples"] = examples(q_manifest, i_manifest, q, x, neighbors, k)
     out = Path(out) if out else ws.reports_dir / f"{model.name.replace(':', '_')}.json"
     atomic_write_json(out, report)

@@ -59,9 +59,8 @@ def combine_to_store(features: list[np.ndarray], groups: list[list[int]], path: 
     _check_groups(features, groups)
     width = sum(features[g[0]].shape[1] for g in groups)
     store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, width))
-    with torch.no_grad():
-        for start in range(0, n, chunk_rows):
-            store[start:start + chunk_rows] = merge_groups(_tensors(features, start, start + chunk_rows), groups).numpy()
+    for start in range(0, n, chunk_rows):
+        store[start:start + chunk_rows] = combine([f[start:start + chunk_rows] for f in features], groups)
     store.flush()
     return store
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config.schema import MemberCfg
-from ..data.sampler import ClassBalancedSampler
+from ..data.sampler import ClassBalancedSampler, class_domains
 from ..distributed import world
 from ..evaluate.model import eval_key, evaluate_model
 from ..losses.margin import build_head
@@ -28,16 +28,14 @@ def build_member_task(cfg: MemberCfg, data: TrainData, ws: Workspace) -> Classif
     if cfg.backbone.init_from:
         init_from_member(model, ws, cfg.backbone.init_from)
     return ClassifyTask(model, build_head(cfg.head, model.out_dim, data.counts), cfg.head,
-                        class_domains(data) if cfg.head.per_domain else None)
+                        domain_index(data) if cfg.head.per_domain else None)
 
 
-def class_domains(data: TrainData) -> torch.Tensor:
-    """Domain index (sorted domain names) of each kept class, from its rows."""
-    first_row = {}
-    for row, target in enumerate(data.targets):
-        first_row.setdefault(target, row)
-    names = sorted(set(data.domains))
-    return torch.tensor([names.index(data.domains[first_row[c]]) for c in range(len(data.classes))])
+def domain_index(data: TrainData) -> torch.Tensor:
+    """Domain index (sorted domain names) of each kept class."""
+    of = class_domains(data.targets, data.domains)
+    names = sorted(set(of.values()))
+    return torch.tensor([names.index(of[c]) for c in range(len(data.classes))])
 
 
 def member_job(cfg: MemberCfg, ws: Workspace) -> TrainJob:

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..checkpoint import load_checkpoint
 from ..config.load import dump_cfg
 from ..config.schema import MemberCfg
 from ..data.augment import build_train_transform
@@ -26,8 +25,8 @@ from ..tasks.base import Task
 from ..workspace.artifacts import save_model
 from ..workspace.layout import MODEL_FILE
 from .data import loader_factory
-from .loop import RunSpec, Trainer, check_same_recipe
-from .rundir import check_resume_recipe
+from .loop import RunSpec, Trainer
+from .rundir import check_recipe, check_resume_recipe
 
 log = logging.getLogger("ensemble")
 NOT_DEFINING = {"loader": True, "eval": True, "device": True, "name": True, "data": True, "teacher": True,
@@ -71,10 +70,8 @@ def interpolate(module: torch.nn.Module, start: dict, weight: float) -> None:
 
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it)."""
-    if not job.model_path.exists():
+    if not check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key):
         return False
-    saved = load_checkpoint(job.model_path, kind=f"{job.kind}_model")["recipe_key"]
-    check_same_recipe(job.model_path, saved, job.recipe_key)
     log.info("%s %s is already trained; reusing %s", job.kind, job.cfg.name, job.model_path)
     return True
 

@@ -41,11 +41,17 @@ def run_lock(run_dir: Path, active: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
+def check_recipe(path: Path, kind: str, key: dict) -> bool:
+    """Whether checkpoint `path` exists; refused if another recipe wrote it."""
+    if not path.exists():
+        return False
+    check_same_recipe(path, load_checkpoint(path, kind=kind)["recipe_key"], key)
+    return True
+
+
 def check_resume_recipe(run_dir: Path, kind: str, key: dict) -> None:
     """Refuse a run folder whose checkpoint came from another recipe, before anything there is written."""
-    last = run_dir / "last.pt"
-    if last.exists():
-        check_same_recipe(last, load_checkpoint(last, kind=kind)["recipe_key"], key)
+    check_recipe(run_dir / "last.pt", kind, key)
 
 
 def cached_result(path: Path, key: dict, compute: Callable[[], dict]) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ensemble.data.manifest import read_manifest
-from ensemble.evaluate.html import examples, write_html
+from ensemble.evaluate.html import examples
 from ensemble.evaluate.metrics import knn
 
 

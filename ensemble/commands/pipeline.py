@@ -76,7 +76,10 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
     student = load_student_cfg(cfg.student) if cfg.student is not None else None
     steps = Steps(len(members) + 2 + (student is not None) * (1 + cfg.export))
     results = []
-    for member in members:
+    for i, member in enumerate(members):
+        # every member is scored below with the others; its own eval is kept for the first member only,
+        # for the untrained-backbone row (eval keys are not in the recipe key)
+        member.eval.enabled = member.eval.enabled and i == 0
         with steps.next(f"member {member.name}"):
             results.append(train_member(member, ws))
     with steps.next(f"ensemble {ens_cfg.name}"):
@@ -142,17 +145,22 @@ def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ense
 
 
 def _scores(report: dict) -> dict:
-    return {"mP@5": report["mP@5"], "recall@1": report["recall@1"], "per_domain": report.get("per_domain", {})}
+    scores = {"mP@5": report["mP@5"], "recall@1": report["recall@1"], "per_domain": report.get("per_domain", {})}
+    if "macro_mP@5" in report:
+        scores["macro_mP@5"] = report["macro_mP@5"]
+    return scores
 
 
 def format_table(summary: dict) -> str:
     rows = summary["rows"]
     domains = sorted({d for r in rows for d in r["per_domain"]})
+    macro = ["macro_mP@5"] if any("macro_mP@5" in r for r in rows) else []
+    columns = [c.replace("_", " ") for c in macro] + domains
     lines = [f"pipeline {summary['pipeline']} (query vs index of {summary['data']})",
-             "| model | mP@5 | recall@1 | " + " | ".join(domains) + " | GFLOP/image | ms/image |",
-             "|---|---|---|" + "---|" * len(domains) + "---|---|"]
+             "| model | mP@5 | recall@1 | " + " | ".join(columns) + " | GFLOP/image | ms/image |",
+             "|---|---|---|" + "---|" * len(columns) + "---|---|"]
     for r in rows:
-        per = " | ".join(f"{r['per_domain'].get(d, float('nan')):.3f}" for d in domains)
+        per = " | ".join(_fmt(v) for v in [r.get(c) for c in macro] + [r["per_domain"].get(d) for d in domains])
         flops = f"{r['gflops_per_image']:.2f}" if "gflops_per_image" in r else "-"
         ms = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else "-"
         lines.append(f"| {r['model']} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} | {flops} | {ms} |")
@@ -161,6 +169,10 @@ def format_table(summary: dict) -> str:
         lines.append(f"cost: FLOPs per image including flip TTA; ms/image measured on {device}, "
                      "uint8 640x480 batches of 8, resize included")
     return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run(config: str, workdir: str) -> str:

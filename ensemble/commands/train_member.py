@@ -26,12 +26,14 @@ def format_result(result: dict) -> str:
     rows = [("untrained backbone", result["untrained_backbone"]),
             ("trained, neck", result["trained"]["neck"]), ("trained, backbone", result["trained"]["backbone"])]
     domains = sorted(result["trained"]["neck"].get("per_domain", {}))
+    macro = ["macro mP@5"] if "macro_mP@5" in result["trained"]["neck"] else []
     lines = [f"member {result['name']} (query vs index, flip TTA: {result['flip_tta']}, "
              f"{result['eval_image_size']} px)",
-             "| features | mP@5 | recall@1 | " + " | ".join(domains) + " |",
-             "|---|---|---|" + "---|" * len(domains)]
+             "| features | mP@5 | recall@1 | " + " | ".join(macro + domains) + " |",
+             "|---|---|---|" + "---|" * len(macro + domains)]
     for name, r in rows:
-        per = " | ".join(f"{r['per_domain'][d]:.3f}" for d in domains)
+        values = [r.get("macro_mP@5") for _ in macro] + [r["per_domain"][d] for d in domains]
+        per = " | ".join("n/a" if v is None else f"{v:.3f}" for v in values)
         lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
     lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
     return "\n".join(lines)

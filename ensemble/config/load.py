@@ -111,10 +111,12 @@ def check_weights_file(path: Path) -> None:
 
 
 def deep_merge(base: dict, diff: dict) -> dict:
-    """`diff` over `base`: mappings merge key by key, anything else replaces."""
+    """`diff` over `base`: mappings merge key by key, anything else replaces; an empty mapping
+    replaces too (`model_kwargs: {}` clears the base's kwargs for another architecture)."""
     out = dict(base)
     for key, value in diff.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        merge = isinstance(value, dict) and value and isinstance(out.get(key), dict)
+        out[key] = deep_merge(out[key], value) if merge else value
     return out
 
 

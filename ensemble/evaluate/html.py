@@ -60,10 +60,12 @@ def _num(value, digits: int = 3) -> str:
 def summary_table(rows: list[dict], k: int) -> str:
     """Model, dim, mP@k, recall@1, per-domain mP@k and cost where known."""
     domains = sorted({d for r in rows for d in r.get("per_domain", {})})
-    head = ["model", "dim", f"mP@{k}", "recall@1", *domains, "GFLOP/image", "ms/image"]
+    macro = [f"macro mP@{k}"] if any(f"macro_mP@{k}" in r for r in rows) else []
+    head = ["model", "dim", f"mP@{k}", "recall@1", *macro, *domains, "GFLOP/image", "ms/image"]
     lines = ["<table class='summary'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         cells = [r["model"], r.get("dim", ""), _num(r[f"mP@{k}"]), _num(r["recall@1"]),
+                 *[_num(r.get(f"macro_mP@{k}")) for _ in macro],
                  *[_num(r.get("per_domain", {}).get(d)) for d in domains],
                  _num(r.get("gflops_per_image"), 2), _num(r.get("ms_per_image"), 1)]
         lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")

@@ -18,12 +18,13 @@ def _num(value) -> str:
 def markdown_table(reports: list[dict], k: int = 5) -> str:
     """One row per report: model, dim, mP@k, recall@1, mAP@100, then mP@k per domain."""
     domains = sorted({d for r in reports for d in r.get("per_domain", {})})
-    lines = ["| model | dim | mP@%d | recall@1 | mAP@100 | %s |" % (k, " | ".join(domains)),
-             "|---|---|---|---|---|" + "---|" * len(domains)]
+    macro = [f"macro_mP@{k}"] if any(f"macro_mP@{k}" in r for r in reports) else []
+    columns = [f"mP@{k}", "recall@1", "mAP@100", *macro]
+    lines = ["| model | dim | %s | %s |" % (" | ".join(c.replace("_", " ") for c in columns), " | ".join(domains)),
+             "|---|---|" + "---|" * (len(columns) + len(domains))]
     for r in reports:
-        per = " | ".join(_num(r.get("per_domain", {}).get(d)) for d in domains)
-        lines.append(f"| {r['model']} | {r.get('dim', '')} | {_num(r[f'mP@{k}'])} | {_num(r['recall@1'])} | "
-                     f"{_num(r['mAP@100'])} | {per} |")
+        cells = [_num(r.get(c)) for c in columns] + [_num(r.get("per_domain", {}).get(d)) for d in domains]
+        lines.append(f"| {r['model']} | {r.get('dim', '')} | " + " | ".join(cells) + " |")
     excluded = sum(r.get("excluded_queries", 0) for r in reports)
     if excluded:
         lines.append(f"\n{excluded} queries had no relevant index image and were excluded (GUIE rule).")

@@ -116,3 +116,21 @@ def test_bad_values_fail_with_one_line(tmp_path):
         load_member_cfg(recipe(tmp_path, "name: ../../x\n"))
     with pytest.raises(EnsError, match=r"--set 'optim=\{lr: \[': value is not valid YAML"):
         apply_overrides({}, ["optim={lr: ["])
+
+
+def test_base_merges_mappings_but_an_empty_mapping_clears():
+    from ensemble.config.load import deep_merge
+
+    base = {"backbone": {"arch": "a", "model_kwargs": {"act_layer": "relu6", "pad_type": "same"}}}
+    kept = deep_merge(base, {"backbone": {"arch": "b", "model_kwargs": {"pad_type": ""}}})
+    assert kept["backbone"] == {"arch": "b", "model_kwargs": {"act_layer": "relu6", "pad_type": ""}}
+    cleared = deep_merge(base, {"backbone": {"model_kwargs": {}}})
+    assert cleared["backbone"] == {"arch": "a", "model_kwargs": {}}
+
+
+def test_shipped_lite0_member_builds_without_mobilenet_v1_kwargs():
+    from pathlib import Path
+
+    cfg = load_member_cfg(Path(__file__).resolve().parents[2] / "members" / "cpu" / "lite0_multi.yaml")
+    assert cfg.backbone.arch == "tf_efficientnet_lite0" and cfg.backbone.model_kwargs == {}
+    assert cfg.sampler.domain_alpha == 0.5 and cfg.backbone.image_size == 128

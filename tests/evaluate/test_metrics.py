@@ -44,8 +44,14 @@ def test_per_domain_scores():
     report = evaluate_embeddings(query, ["a", "b", "x"], index, ["a", "b", "c"], k=5, q_domains=["d1", "d1", "d2"])
     # d2's only query has no relevant index image: no score (JSON null), never NaN
     assert report["per_domain"]["d1"] == 1.0 and report["per_domain"]["d2"] is None
+    assert report["macro_mP@5"] == 1.0  # the mean over the domains that have a score
     json.dumps(report, allow_nan=False)
     assert report["excluded_queries"] == 1
+    # every domain counts the same in the macro mean, whatever its number of queries
+    two = evaluate_embeddings(query, ["a", "c", "b"], index, ["a", "b", "c"], k=5, q_domains=["d1", "d1", "d2"])
+    assert two["per_domain"] == {"d1": 0.5, "d2": 0.0} and two["macro_mP@5"] == 0.25
+    assert abs(two["mP@5"] - 1 / 3) < 1e-9
+    assert "macro_mP@5" not in evaluate_embeddings(query, ["a", "b", "c"], index, ["a", "b", "c"], k=5)
 
 
 def test_approximate_search_reports_its_recall_against_exact():

@@ -16,7 +16,7 @@ LAYERS = [
     {"config"},
     {"data", "models.preprocess"},  # the one resize + normalise of training, eval and exports
     {"models", "losses", "tasks"},
-    {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "evaluate.metrics", "evaluate.report",
+    {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "fuse.learned", "evaluate.metrics", "evaluate.report",
      "evaluate.model", "evaluate.html", "deploy.torchscript", "deploy.onnx", "deploy.exported", "gallery.store"},
     {"workspace"},
     {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget", "gallery.build"},

@@ -113,7 +113,10 @@ class RecipeWorkspace:
         if f"ensemble:{name}" in self.done:
             return
         path = ROOT / "configs" / "ensemble" / f"{name}.yaml"
-        cfg = ensemble_cfg(self.workdir, str(path), [f"data={self.data}", "workers=0", "device=cpu"])
+        sets = [f"data={self.data}", "workers=0", "device=cpu"]
+        if ensemble_cfg(self.workdir, str(path)).fit_on == "train":
+            sets.append("fit_on=index")  # the tiny train split has 6 images, fewer than PCA-64 needs
+        cfg = ensemble_cfg(self.workdir, str(path), sets)
         for member in cfg.members:
             self.run(self.member_path(member))
         fuse(cfg, self.workdir)

@@ -12,7 +12,12 @@ def run(workdir: str, config_path: str | None, overrides: list[str], **flags) ->
     ens = fuse(cfg, workdir).ensemble
     d = ens.description
     reducer = d["reducer"]
-    facts = (f"PCA {d['concat_dim']} -> {reducer['dims']} (explained variance {reducer['explained_variance_ratio']:.3f})"
-             if reducer else f"concatenation, {d['concat_dim']}-d")
+    if reducer is None:
+        facts = f"concatenation, {d['concat_dim']}-d"
+    elif reducer.get("type") == "learned":
+        facts = f"learned projection {d['concat_dim']} -> {reducer['dims']} (from PCA, trained on the fit set's labels)"
+    else:
+        facts = (f"PCA {d['concat_dim']} -> {reducer['dims']} "
+                 f"(explained variance {reducer['explained_variance_ratio']:.3f})")
     return (f"ensemble {ens.name}: {len(d['members'])} members in {len(d['groups'])} groups, {d['features']} "
             f"features, {facts}, fitted on {d['fit_on']['rows']} images")

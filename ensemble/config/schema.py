@@ -32,6 +32,9 @@ class BackboneCfg(Strict):
     # WiSE-FT: the saved backbone is (1 - wise_ft) x its starting weights + wise_ft x the fine-tuned ones
     # (null: the fine-tuned weights); keeps what the pretrained backbone knew about other domains
     wise_ft: float | None = Field(None, gt=0, le=1)
+    # feature distillation from the frozen starting backbone while the backbone learns: adds
+    # feature_kd x mean(1 - cos(pooled feature, starting backbone's pooled feature)) to the loss
+    feature_kd: float | None = Field(None, gt=0)
     grad_checkpointing: bool = False
     freeze_bn: bool = False  # keep BatchNorm statistics frozen (needed for folded-BN weights)
     channels_last: bool = True  # NHWC convolutions: 1.6x faster MobileNet on the CPU here
@@ -194,6 +197,9 @@ class DistillLossCfg(Strict):
     sim_kl: float = Field(0.0, ge=0)  # KL of the batch similarity distributions (teacher || student)
     temperature: float = Field(0.05, gt=0)  # for sim_kl
     arcface: float = Field(0.0, ge=0)  # margin-softmax on labels where the distill manifest has them
+    # multi-teacher (AM-RADIO / UNIC / UDON): one Linear projector per ensemble member maps the student's
+    # backbone feature to that member's own feature; adds members x mean over members of (1 - cos)
+    members: float = Field(0.0, ge=0)
 
 
 class StudentCfg(MemberCfg):
@@ -240,6 +246,17 @@ class TTACfg(Strict):
     extra_sizes: list[Annotated[int, Field(gt=0, le=MAX_IMAGE_PX)]] = Field(default_factory=list)
 
 
+class ProjectionCfg(Strict):
+    """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels."""
+
+    epochs: PositiveInt = 20
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: PositiveInt = 256
+    scale: float = Field(30.0, gt=0)
+    margin: float = Field(0.2, ge=0)
+
+
 class EnsembleCfg(Strict):
     """How members are fused: which feature, merge per architecture, reducer, and the set it is fitted on."""
 
@@ -249,12 +266,22 @@ class EnsembleCfg(Strict):
     merge: Literal["mean", "concat"] = "mean"  # mean: average members of one architecture first
     pca: PositiveInt | None = 64  # None: plain concatenation
     whiten: bool = False
+    # pca: the top principal directions; learned: those directions trained further with a margin loss on
+    # the fit set's labels (needs `pca` dims, no whitening, and labelled fit images)
+    projection: Literal["pca", "learned"] = "pca"
+    learned: ProjectionCfg = Field(default_factory=ProjectionCfg)
     fit_on: str = "index"  # train | query | index | distill of the data config, or a manifest CSV
     data: Path | None = None  # data config; default: the first member's
     tta: TTACfg = Field(default_factory=TTACfg)
     batch_size: PositiveInt = 64
     workers: int = Field(2, ge=0)
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check_projection(self):
+        if self.projection == "learned" and (self.pca is None or self.whiten):
+            raise ValueError("projection: learned needs `pca` dims and whiten: false")
+        return self
 
 
 class PipelineCfg(Strict):

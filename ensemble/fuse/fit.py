@@ -18,6 +18,7 @@ from ..workspace.artifacts import saved_ensemble_config, write_ensemble
 from ..workspace.layout import Workspace
 from ..workspace.resolve import Part, ResolvedModel, load_members, resolve_model
 from .combine import combine_to_store, group_members
+from .learned import fit_projection
 from .reducer import PCAReducer, fit_pca
 
 log = logging.getLogger("ensemble")
@@ -64,6 +65,8 @@ def fuse(cfg: EnsembleCfg, workdir: str | Path | Workspace) -> ResolvedModel:
             if cfg.pca > concat_dim:
                 raise EnsError(f"pca: {cfg.pca} dims requested but the concatenated features have {concat_dim}")
             reducer = fit_pca(fused, cfg.pca, whiten=cfg.whiten)
+            if cfg.projection == "learned":
+                reducer = fit_projection(fused, list(manifest.labels), reducer, cfg.learned)
         del fused
     write_ensemble(ws, describe(cfg, name, parts, groups, manifest, concat_dim, reducer), reducer)
     return resolve_model(f"ensemble:{name}", ws, device=device)
@@ -85,8 +88,9 @@ def describe(cfg: EnsembleCfg, name: str, parts: list[Part], groups, manifest: M
         "concat_dim": concat_dim,
         "out_dim": reducer.out_dim if reducer else concat_dim,
         "reducer": None if reducer is None else {
-            "type": "pca", "dims": reducer.out_dim, "whiten": reducer.whiten,
-            "explained_variance_ratio": round(reducer.explained_variance_ratio, 6)},
+            "type": cfg.projection, "dims": reducer.out_dim, "whiten": reducer.whiten,
+            **({"explained_variance_ratio": round(reducer.explained_variance_ratio, 6)} if cfg.projection == "pca"
+               else {"trained_on": "fit set labels"})},
     }
 
 

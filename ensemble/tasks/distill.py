@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import DistillLossCfg, HeadCfg
-from ..losses.distill import distill_terms
+from ..losses.distill import cosine_loss, distill_terms
 from ..losses.margin import MarginHead, margin_at_epoch
 from ..models.member import EmbeddingModel
 from .base import Task
@@ -20,17 +20,30 @@ class DistillTask(Task):
     """
 
     def __init__(self, model: EmbeddingModel, targets: torch.Tensor, loss_cfg: DistillLossCfg,
-                 head: MarginHead | None = None, head_cfg: HeadCfg | None = None):
+                 head: MarginHead | None = None, head_cfg: HeadCfg | None = None,
+                 member_targets: list[torch.Tensor] | None = None):
         super().__init__()
         self.model, self.loss_cfg, self.head, self.head_cfg = model, loss_cfg, head, head_cfg
         self.register_buffer("targets", targets.float(), persistent=False)  # cached file, not checkpointed
+        member_targets = member_targets or []
+        self.projectors = nn.ModuleList(nn.Linear(model.backbone.out_dim, t.shape[1]) for t in member_targets)
+        for i, t in enumerate(member_targets):
+            self.register_buffer(f"member_targets_{i}", t.float(), persistent=False)
         self.last_terms: dict[str, float] = {}
 
     def parts(self) -> dict[str, nn.Module]:
         parts = {"backbone": self.model.backbone, "neck": self.model.neck}
         if self.head is not None:
             parts["head"] = self.head
+        if len(self.projectors):
+            parts["projectors"] = self.projectors
         return parts
+
+    def set_trainable(self, names: list[str]) -> None:
+        """As Task's; the member projectors learn whenever the backbone does (they only exist to shape it)."""
+        if len(self.projectors) and ("backbone" in names or "all" in names):
+            names = [*names, "projectors"]
+        super().set_trainable(names)
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.head is not None:
@@ -45,6 +58,11 @@ class DistillTask(Task):
         student = self.model.neck(feats)
         target = self.targets[batch["indices"].to(self.targets.device)]
         terms = distill_terms(student, target, self.loss_cfg)
+        if len(self.projectors) and self.loss_cfg.members and "backbone" in self.trainable:
+            rows = batch["indices"].to(self.targets.device)
+            per = [cosine_loss(proj(feats).float(), getattr(self, f"member_targets_{i}")[rows])
+                   for i, proj in enumerate(self.projectors)]
+            terms["members"] = self.loss_cfg.members * torch.stack(per).mean()
         labelled = batch["targets"] >= 0
         if self.head is not None and self.loss_cfg.arcface and bool(labelled.any()):
             logits = self.head(student[labelled], batch["targets"][labelled])

@@ -3,6 +3,7 @@ against the same backbone untrained."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -27,8 +28,9 @@ def build_member_task(cfg: MemberCfg, data: TrainData, ws: Workspace) -> Classif
     model = build_member_model(cfg)
     if cfg.backbone.init_from:
         init_from_member(model, ws, cfg.backbone.init_from)
+    reference = copy.deepcopy(model.backbone) if cfg.backbone.feature_kd else None  # the starting weights
     return ClassifyTask(model, build_head(cfg.head, model.out_dim, data.counts), cfg.head,
-                        domain_index(data) if cfg.head.per_domain else None)
+                        domain_index(data) if cfg.head.per_domain else None, reference, cfg.backbone.feature_kd or 0.0)
 
 
 def domain_index(data: TrainData) -> torch.Tensor:

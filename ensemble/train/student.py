@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class DistillData:
     classes: list[str]
     teacher: np.ndarray  # [rows, dim], L2-normalised ensemble embeddings
     teacher_info: dict
+    members: list[np.ndarray] = field(default_factory=list)  # each member's feature (loss.members > 0)
 
 
 def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str]:
@@ -87,7 +88,15 @@ def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:
     index = {c: i for i, c in enumerate(labelled)}
     targets = [index.get(label, -1) for label in manifest.labels]
     teacher, info = teacher_targets(cfg, ws, manifest, run_dir)
-    return DistillData(manifest, targets, labelled, teacher, info)
+    members = member_targets(ws, info["ensemble"], manifest, cfg.loader.workers) if cfg.loss.members else []
+    return DistillData(manifest, targets, labelled, teacher, info, members)
+
+
+def member_targets(ws: Workspace, ensemble: str, manifest: Manifest, workers: int) -> list[np.ndarray]:
+    """The multi-teacher targets: every member's own feature of each distill row (from the workspace's
+    embedding cache, which the ensemble's targets filled)."""
+    parts = resolve_model(f"ensemble:{ensemble}", ws).part_features(manifest, ws, workers=workers)
+    return [np.asarray(p, np.float32) for p in parts]
 
 
 def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> DistillTask:
@@ -104,7 +113,8 @@ def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> Dis
     if cfg.loss.arcface:
         counts = [data.targets.count(i) for i in range(len(data.classes))]
         head = build_head(cfg.head, model.out_dim, counts)
-    return DistillTask(model, torch.from_numpy(data.teacher), cfg.loss, head, cfg.head)
+    return DistillTask(model, torch.from_numpy(data.teacher), cfg.loss, head, cfg.head,
+                       [torch.from_numpy(m) for m in data.members])
 
 
 def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:

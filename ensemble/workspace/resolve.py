@@ -94,10 +94,16 @@ class ResolvedModel:
         cache=False; sharded across ranks in a multi-process run)."""
         if self.exported is not None:
             return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers)
+        return self.combine(self.part_features(manifest, ws, tta, workers, batch_size, device, cache))
+
+    def part_features(self, manifest: Manifest, ws: Workspace, tta: TTA | None = None, workers: int = 2,
+                      batch_size: int = 64, device: torch.device | None = None, cache: bool = True) -> list[np.ndarray]:
+        """Each part's own feature of every manifest row, before fusion (as `embed` caches them)."""
+        if self.exported is not None:
+            raise EnsError(f"MODEL {self.exported}: an exported file has no separate part features")
         device = device_for(world(), device or pick_device("auto"))
-        feats = embed_manifest(self.embedders, manifest, ws.cache_dir, device, tta or self.tta, batch_size, workers,
-                               use_cache=cache)
-        return self.combine(feats)
+        return embed_manifest(self.embedders, manifest, ws.cache_dir, device, tta or self.tta, batch_size, workers,
+                              use_cache=cache)
 
     def identity(self) -> dict:
         """What makes two models embed alike: their files' hashes and features, fusion and TTA."""

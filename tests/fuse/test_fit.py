@@ -108,3 +108,34 @@ def test_reducer_not_matching_its_yaml_is_refused(trained_workspace, tmp_path):
     shutil.copy(other / "ensemble" / "k2" / "reducer.npz", other / "ensemble" / "k" / "reducer.npz")
     with pytest.raises(EnsError, match=r"reducer.npz does not match ensemble.yaml \(interrupted fuse\?\)"):
         load_ensemble(other, "k")
+
+
+def test_learned_projection_through_fuse(trained_workspace):
+    from ensemble.commands import fuse as fuse_command
+
+    text = fuse_command.run(trained_workspace, None, ["projection=learned", "learned.epochs=2", "workers=0",
+                                                     "device=cpu", "features=backbone"],
+                            members="vit_a,vit_b,tvit", name="lp", pca=8, fit_on="train")
+    assert "learned projection 80 -> 8 (from PCA, trained on the fit set's labels), fitted on 24 images" in text
+    ens = load_ensemble(trained_workspace, "lp")
+    d = ens.ensemble.description
+    assert d["reducer"]["type"] == "learned" and d["out_dim"] == 8 and "explained_variance_ratio" not in d["reducer"]
+    pca = fuse(cfg(name="lp_pca", fit_on="train"), trained_workspace).ensemble.reducer
+    learned = load_ensemble(trained_workspace, "lp").ensemble.reducer
+    assert np.array_equal(pca.mean, learned.mean)  # same start, then trained on the labels
+    assert not np.allclose(pca.components, learned.components, atol=1e-4)
+    with pytest.raises(EnsError, match="projection: learned needs labelled fit images"):
+        fuse(cfg(name="lq", projection="learned", fit_on="index", learned={"epochs": 1},
+                 data=str(_unlabelled_data(trained_workspace))), trained_workspace)
+
+
+def _unlabelled_data(workdir):
+    """A data config whose index manifest has the train images without labels."""
+    import csv
+
+    folder = workdir.parent
+    rows = list(csv.DictReader(open(folder / "train.csv")))
+    with open(folder / "unlabelled.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path"], *[[str((folder / r["path"]).resolve())] for r in rows]])
+    (folder / "unlabelled.yaml").write_text("index: unlabelled.csv\n")
+    return folder / "unlabelled.yaml"

@@ -256,3 +256,30 @@ def test_multi_domain_options_train_through_the_real_path(tmp_path, coil_data):
     train_member(cfg, tmp_path / "runs")
     records = [json.loads(x) for x in (tmp_path / "runs/members/tiny/metrics.jsonl").read_text().splitlines()]
     assert records[0]["steps"] >= 1 and np.isfinite(records[0]["loss"])
+
+
+def test_feature_kd_keeps_the_trained_backbone_closer_to_its_start(tmp_path, coil_data):
+    """backbone.feature_kd through the real member path: the same training with the retention term
+    moves the backbone's features less from the starting ones than without it."""
+    from ensemble.data.decode import decode_image
+
+    sets = ["eval.enabled=false", "stages=[{train: [all], epochs: 2}]", "optim.backbone_lr_scale=1.0"]
+    plain = load_member_cfg(tiny_recipe(tmp_path, coil_data), sets)
+    kd = load_member_cfg(tiny_recipe(tmp_path, coil_data), [*sets, "backbone.feature_kd=20"])
+    torch.manual_seed(plain.seed)
+    start = build_member_task(plain, train_data(plain), Workspace(tmp_path)).model
+    train_member(plain, tmp_path / "a")
+    train_member(kd, tmp_path / "b")
+    paths = train_data(plain).paths[:16]
+    images = torch.nn.functional.interpolate(torch.stack(
+        [torch.from_numpy(np.array(decode_image(p))).permute(2, 0, 1).float() / 255 for p in paths]), size=(32, 32))
+
+    def drift(model) -> float:
+        with torch.no_grad():
+            return float((1 - torch.nn.functional.cosine_similarity(
+                model.eval().backbone(images), start.eval().backbone(images))).mean())
+
+    tuned = drift(load_model_file(tmp_path / "a" / "members" / "tiny" / "best.pt").model)
+    kept = drift(load_model_file(tmp_path / "b" / "members" / "tiny" / "best.pt").model)
+    assert kept < 0.5 * tuned, (kept, tuned)
+    assert load_member_cfg(tiny_recipe(tmp_path, coil_data), sets).backbone.feature_kd is None

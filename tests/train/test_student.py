@@ -135,3 +135,44 @@ def test_teacher_identity_survives_a_refit_but_not_a_new_reducer(distilled_works
     assert teacher_fingerprint(runs, "teach") == teacher_fingerprint(distilled_workspace, "teach")
     fuse(EnsembleCfg.model_validate({**cfg, "pca": 6}), runs)
     assert teacher_fingerprint(runs, "teach")[1] != teacher_fingerprint(distilled_workspace, "teach")[1]
+
+
+def test_member_term_is_the_mean_cosine_distance_of_each_projector_to_its_member():
+    from ensemble.config.schema import DistillLossCfg
+    from ensemble.models.member import EmbeddingModel
+    from ensemble.tasks.distill import DistillTask
+
+    torch.manual_seed(0)
+    model = EmbeddingModel(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    model.backbone.out_dim = 4
+    targets = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    members = [torch.randn(6, 5), torch.randn(6, 3)]
+    task = DistillTask(model, targets, DistillLossCfg(members=3.0), member_targets=members)
+    assert [tuple(p.weight.shape) for p in task.projectors] == [(5, 4), (3, 4)]
+    task.set_trainable(["backbone", "neck"])
+    assert task.trainable == {"backbone", "neck", "projectors"}  # projectors learn with the backbone
+    batch = {"images": torch.randn(3, 4), "indices": torch.tensor([0, 4, 5]), "targets": torch.tensor([-1] * 3)}
+    task.loss(batch)
+    cos = [torch.nn.functional.cosine_similarity(p(batch["images"]), t[batch["indices"]], dim=-1)
+           for p, t in zip(task.projectors, members)]
+    by_hand = 3.0 * torch.stack([(1 - c).mean() for c in cos]).mean()
+    assert task.last_terms["members"] == pytest.approx(float(by_hand), rel=1e-5)
+    task.set_trainable(["neck"])  # frozen backbone: the member term would teach nothing
+    task.loss(batch)
+    assert "members" not in task.last_terms and task.trainable == {"neck"}
+
+
+def test_multi_teacher_student_trains_on_the_members_cached_features(distilled_workspace):
+    folder = distilled_workspace.parent
+    cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="multi"),
+                           [*STUDENT_SETS, "loss.members=1.0"])
+    distill(cfg, distilled_workspace)
+    run = Workspace(distilled_workspace).student_dir("multi")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train"] for h in history] == [["neck"], ["all"]] and all(np.isfinite(h["loss"]) for h in history)
+    state = load_checkpoint(run / "last.pt", kind="student")["task"]
+    assert {k.split(".")[1] for k in state if k.startswith("projectors.")} == {"0", "1"}  # one per member
+    model = load_model_file(run / "best.pt", kind="student_model").model  # the saved student has no projector
+    assert not any("projector" in k for k in model.state_dict())
+    plain = load_model_file(Workspace(distilled_workspace).student_dir("stu") / "best.pt", kind="student_model")
+    assert set(model.state_dict()) == set(plain.model.state_dict())

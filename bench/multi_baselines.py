@@ -11,6 +11,7 @@ and the "GUIE-mini baselines" table of BENCHMARKS.md.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -35,6 +36,7 @@ from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
 from ensemble.models.member import build_member_model  # noqa: E402
 
 WEIGHTS = ROOT.parent / "shared" / "weights"
+RESULT = ROOT / "bench" / "results" / "multi_baselines.json"
 BACKBONES = [  # (name, recipe overrides, eval size)
     ("MobileNet-v1", [], 224),
     ("MobileNet-v2", ["backbone.arch=mobilenetv2_100",
@@ -44,6 +46,8 @@ BACKBONES = [  # (name, recipe overrides, eval size)
     ("EfficientNet-Lite2", ["backbone.arch=tf_efficientnet_lite2", "backbone.model_kwargs={}",
                             f"backbone.pretrained={WEIGHTS / 'tf_efficientnet_lite2.mli_in1k.safetensors'}"], 260),
 ]
+# the GUIE-mini CPU recipes (members/cpu/*_multi.yaml) evaluate at 160 px: their baselines at that size
+BACKBONES += [(name, overrides, 160) for name, overrides, _ in BACKBONES[:3]]
 
 
 def baseline(name: str, overrides: list[str], size_px: int, query, index) -> dict:
@@ -78,8 +82,16 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     cfg = load_data_cfg(ROOT / "configs" / "data" / "multi.yaml")
     query, index = read_manifest(cfg.query), read_manifest(cfg.index)
-    rows = [baseline(name, overrides, size, query, index) for name, overrides, size in BACKBONES]
-    result = {"command": "python bench/multi_baselines.py", "date": str(date.today()),
+    # --keep: reuse rows already in bench/results/multi_baselines.json (same model and size), measure the rest
+    kept = {}
+    if "--keep" in sys.argv and RESULT.is_file():
+        kept = {(r["model"], r["size_px"]): r for r in json.loads(RESULT.read_text())["rows"]}
+    rows = []
+    for name, overrides, size in BACKBONES:
+        arch = load_member_cfg(ROOT / "members" / "cpu" / "mnv1_grocery.yaml", overrides).backbone.arch
+        row = kept.get((f"{name} ({arch}), untrained", size))
+        rows.append(row or baseline(name, overrides, size, query, index))
+    result = {"command": "python bench/multi_baselines.py" + " --keep" * bool(kept), "date": str(date.today()),
               "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
               "queries": len(query), "index": len(index), "rows": rows}
     text = table(result)

@@ -26,4 +26,9 @@ def format_result(result: dict) -> str:
     domains = sorted(r.get("per_domain", {}))
     return (f"student {result['name']} (teacher ensemble {result['teacher']}, {result['eval_image_size']} px, "
             f"flip TTA: {result['flip_tta']}): mP@5 {r['mP@5']:.3f}, recall@1 {r['recall@1']:.3f}"
-            + "".join(f", {d} {r['per_domain'][d]:.3f}" for d in domains))
+            + (f", macro mP@5 {r['macro_mP@5']:.3f}" if r.get("macro_mP@5") is not None else "")
+            + "".join(f", {d} {_num(r['per_domain'][d])}" for d in domains))
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

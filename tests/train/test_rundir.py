@@ -43,3 +43,18 @@ def test_eval_json_is_recomputed_when_eval_settings_change(tmp_path, coil_data):
     assert stored["eval_key"]["eval"]["flip_tta"] is False and stored["trained"] == other["trained"]
     with pytest.raises(EnsError, match=r"eval.image_size 48 px, but this ViT takes only its training size 32 px"):
         train_member(load_member_cfg(recipe, ["eval.image_size=48"]), tmp_path / "runs")
+
+
+def test_an_option_added_later_at_its_off_default_keeps_older_runs_usable():
+    from pathlib import Path
+
+    from ensemble.train.loop import check_same_recipe
+
+    old = {"backbone": {"arch": "a", "wise_ft": None}, "optim": {"lr": 0.1}}
+    new = {"backbone": {"arch": "a", "wise_ft": None, "feature_kd": None}, "optim": {"lr": 0.1},
+           "loss": {"members": 0.0}, "head": {"per_domain": False}}
+    check_same_recipe(Path("best.pt"), old, new)  # the new keys are off: the same recipe
+    with pytest.raises(EnsError, match=r"different recipe \(backbone.feature_kd: None -> 10\)"):
+        check_same_recipe(Path("best.pt"), old, {**new, "backbone": {**new["backbone"], "feature_kd": 10}})
+    with pytest.raises(EnsError, match=r"different recipe \(backbone.wise_ft: None -> 0.5\)"):
+        check_same_recipe(Path("best.pt"), old, {**old, "backbone": {"arch": "a", "wise_ft": 0.5}})

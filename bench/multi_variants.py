@@ -1,0 +1,137 @@
+"""GUIE-mini variants: each option of the multi-domain work measured on multi, per domain.
+
+    .venv/bin/ens pipeline configs/pipelines/multi_cpu.yaml      # first: the recipes themselves
+    .venv/bin/python bench/multi_variants.py [--workdir runs]
+
+Every variant is a shipped recipe with one change (its `--set` overrides in VARIANTS), trained or
+fitted through the library in the pipeline's workspace (so it reuses the pipeline's members,
+ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs the shared index,
+flip TTA, the recipe's eval size). Members are scored on their pooled backbone feature (what the
+ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs last.
+Nothing here is fitted on query or index images except the row labelled transductive.
+Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from update_benchmarks import record  # noqa: E402
+
+from ensemble.commands.pipeline import load_pipeline_cfg, run_pipeline  # noqa: E402
+from ensemble.config.load import load_member_cfg, load_student_cfg  # noqa: E402
+from ensemble.evaluate.run import evaluate  # noqa: E402
+from ensemble.fuse.config import ensemble_cfg  # noqa: E402
+from ensemble.fuse.fit import fuse_or_reuse  # noqa: E402
+from ensemble.train.member import train_member  # noqa: E402
+from ensemble.train.student import distill  # noqa: E402
+from ensemble.workspace.layout import Workspace  # noqa: E402
+
+DATA = ROOT / "configs" / "data" / "multi.yaml"
+MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
+STUDENT = "distill/cpu/mnv1_multi.yaml"
+VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
+    ("ensemble (3 members)", "recipe: PCA-64 fitted on train", ENSEMBLE, []),
+    ("ensemble (3 members)", "plain concatenation (3,328-d)", ENSEMBLE, ["pca=null"]),
+    ("ensemble (3 members)", "learned projection-64 (train labels)", ENSEMBLE, ["projection=learned"]),
+    ("ensemble (3 members)", "PCA-64 fitted on index (transductive)", ENSEMBLE, ["fit_on=index"]),
+    ("student (MobileNet-v1)", "recipe: fused 64-d target, train images", STUDENT, []),
+    ("student (MobileNet-v1)", "multi-teacher: + one projector per member", STUDENT, ["loss.members=1.0"]),
+    ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
+    ("member (MobileNet-v1)", "class-balanced only (no domain shares)", MEMBER, ["sampler.domain_alpha=null"]),
+    ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
+    ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
+    ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
+    ("member (MobileNet-v1)", "backbone lr x10 (backbone_lr_scale 1)", MEMBER, ["optim.backbone_lr_scale=1.0"]),
+]
+LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
+
+
+def variant_name(recipe: str, overrides: list[str]) -> str:
+    """The shipped name for the recipe itself, else stem + a suffix from the overrides."""
+    stem = Path(recipe).stem
+    if not overrides:
+        return stem
+    suffix = "_".join(o.split("=")[0].split(".")[-1] + "-" + o.split("=")[1] for o in overrides)
+    return f"{stem}__{suffix}".replace("null", "none")
+
+
+def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, str | None]:
+    """Train or fit the variant (reusing finished work); returns (MODEL spec, member feature)."""
+    name, path = variant_name(recipe, overrides), ROOT / recipe
+    if recipe == ENSEMBLE:
+        fuse_or_reuse(ensemble_cfg(ws, str(path), [*overrides, f"name={name}"]), ws)
+        return f"ensemble:{name}", None
+    sets = [*overrides, f"name={name}", "eval.enabled=false"]
+    if recipe == STUDENT:
+        distill(load_student_cfg(path, sets), ws)
+        return f"student:{name}", None
+    train_member(load_member_cfg(path, sets), ws)
+    return name, "backbone"
+
+
+def row(step: str, variant: str, report: dict, seconds: float) -> dict:
+    return {"step": step, "variant": variant, "model": report["model"], "dim": report["dim"],
+            "macro_mP@5": report["macro_mP@5"], "mP@5": report["mP@5"], "per_domain": report["per_domain"],
+            "seconds": round(seconds, 1)}
+
+
+def table(result: dict) -> str:
+    domains = sorted(result["rows"][0]["per_domain"])
+    lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
+             "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
+             "one shared index of 3,626 images, flip TTA, 160 px. Seconds: training/fitting + scoring here.", "",
+             "| step | variant | dim | macro mP@5 | overall mP@5 | " + " | ".join(domains) + " | s |",
+             "|---|---|---|---|---|" + "---|" * len(domains) + "---|"]
+    for r in result["rows"]:
+        per = " | ".join("n/a" if r["per_domain"].get(d) is None else f"{r['per_domain'][d]:.3f}" for d in domains)
+        lines.append(f"| {r['step']} | {r['variant']} | {r['dim']} | {r['macro_mP@5']:.3f} | {r['mP@5']:.3f} | "
+                     f"{per} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs")
+    parser.add_argument("--no-lodo", action="store_true", help="skip the leave-domain-out pipeline")
+    args = parser.parse_args()
+    ws = Workspace.at(args.workdir)
+    rows = []
+    for step, variant, recipe, overrides in VARIANTS:
+        started = time.perf_counter()
+        spec, features = run_variant(ws, recipe, overrides)
+        report = evaluate(spec, ws, str(DATA), features=features,
+                          out=ws.reports_dir / "multi_variants" / f"{spec.replace(':', '_')}.json")
+        rows.append(row(step, variant, report, time.perf_counter() - started))
+        save(rows, done=False)  # every finished row is kept, even if a later one is stopped
+    if not args.no_lodo:
+        started = time.perf_counter()
+        summary = run_pipeline(load_pipeline_cfg(LODO), ws)
+        seconds = (time.perf_counter() - started) / len(summary["rows"])
+        for r in summary["rows"]:
+            rows.append(row("leave-domain-out (no illustrations, dishes)", r["model"],
+                            {"dim": r.get("dim", "-"), "model": r["model"], **r}, seconds))
+    print(save(rows, done=True))
+
+
+def save(rows: list[dict], done: bool) -> str:
+    result = {"command": "python bench/multi_variants.py", "date": str(date.today()), "complete": done,
+              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU", "rows": rows}
+    text = table(result)
+    record("multi_variants", result, "GUIE-mini variants: every option measured on multi", text)
+    print(rows[-1]["step"], rows[-1]["variant"], f"macro {rows[-1]['macro_mP@5']:.3f}", flush=True)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -58,7 +58,7 @@ class ClassifyTask(Task):
         if self.class_domains is not None:
             other = self.class_domains[None, :] != self.class_domains[batch["targets"]][:, None]
             logits = logits.masked_fill(other, float("-inf"))
-        terms = {"arcface": F.cross_entropy(logits, batch["targets"])}
+        terms = {"margin_softmax": F.cross_entropy(logits, batch["targets"])}
         if self._reference is not None and "backbone" in self.trainable:
             with torch.no_grad():
                 start = self._reference(batch["images"])

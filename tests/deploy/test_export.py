@@ -181,6 +181,14 @@ def test_export_is_checked_against_what_ens_eval_computes_on_jpegs(distilled_wor
                                       jpeg_draft=False))
     assert (1 - np.sum(full * as_eval, axis=1)).max() > 1e-5  # the draft changes these embeddings...
     assert (1 - np.sum(reference * as_eval, axis=1)).max() < 1e-6  # ...and the export's reference has it too
+    # the gate compares the file with eval on the same (draft) pixels, so it measures the export alone;
+    # the file on fully decoded images is reported beside it, and differs by what the draft changes
+    from ensemble.deploy.export import export
+
+    desc = export("student:stu", ws, tmp_path / "stu.pt", sample=6, verify_manifest=str(tmp_path / "q.csv"))
+    checked = desc["verify"]
+    assert checked["min_cosine"] > 1 - 1e-6 and checked["images"] == 6
+    assert checked["full_decode_min_cosine"] == pytest.approx(float(np.sum(full * as_eval, axis=1).min()), abs=1e-5)
 
 
 ONNX_CONTRACT = r"""

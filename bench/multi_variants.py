@@ -52,7 +52,6 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
-    ("member (MobileNet-v1)", "backbone lr x10 (backbone_lr_scale 1)", MEMBER, ["optim.backbone_lr_scale=1.0"]),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 

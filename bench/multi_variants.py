@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 from datetime import date
@@ -42,9 +43,13 @@ MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.ya
 STUDENT = "distill/cpu/mnv1_multi.yaml"
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: PCA-64 fitted on train", ENSEMBLE, []),
-    ("ensemble (3 members)", "plain concatenation (3,328-d)", ENSEMBLE, ["pca=null"]),
+    ("ensemble (3 members)", "plain concatenation (3,584-d)", ENSEMBLE, ["pca=null"]),
     ("ensemble (3 members)", "learned projection-64 (train labels)", ENSEMBLE, ["projection=learned"]),
     ("ensemble (3 members)", "PCA-64 fitted on index (transductive)", ENSEMBLE, ["fit_on=index"]),
+    ("ensemble (3 members)", "PCA-64 whitened, fitted on train", ENSEMBLE, ["whiten=true"]),
+    ("ensemble (3 members)", "learned projection-64, 60 epochs at lr 3e-3", ENSEMBLE,
+     ["projection=learned", "learned.epochs=60", "learned.lr=3e-3"]),
+    ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE, ["members=[lite0_multi]"]),
     ("student (MobileNet-v1)", "recipe: fused 64-d target, train images", STUDENT, []),
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", STUDENT, ["loss.members=1.0"]),
     ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
@@ -62,7 +67,7 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
     if not overrides:
         return stem
     suffix = "_".join(o.split("=")[0].split(".")[-1] + "-" + o.split("=")[1] for o in overrides)
-    return f"{stem}__{suffix}".replace("null", "none")
+    return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 
 def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, str | None]:

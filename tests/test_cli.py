@@ -55,18 +55,21 @@ def test_every_student_recipe_passes_dry_run(recipe):
     assert result.output.startswith("student ") and "-> embedding" in result.output and "head" not in result.output
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "grocery_cpu.yaml"])
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "pipelines").glob("*.yaml")))
 def test_pipeline_configs_and_their_recipes_load(config):
     from ensemble.commands.pipeline import load_pipeline_cfg
     from ensemble.config.load import load_member_cfg, load_student_cfg
     from ensemble.fuse.config import ensemble_cfg
 
-    if config == "grocery_cpu.yaml":
+    if config != "quickstart.yaml":
         need_shared(MOBILENET_V1)
     cfg = load_pipeline_cfg(ROOT / "configs" / "pipelines" / config)
-    names = [load_member_cfg(m).name for m in cfg.members]
-    assert set(ensemble_cfg("runs", str(cfg.ensemble)).members) == set(names)
-    assert load_student_cfg(cfg.student).backbone.init_from in names
+    members = [load_member_cfg(m) for m in cfg.members]
+    ensemble = ensemble_cfg("runs", str(cfg.ensemble))
+    assert set(ensemble.members) == {m.name for m in members}
+    student = load_student_cfg(cfg.student)
+    assert student.backbone.init_from in {m.name for m in members} and student.teacher in (None, ensemble.name)
+    assert len({m.data for m in members} | {student.data}) == 1  # one training set for the whole pipeline
 
 
 def test_quickstart_data_is_shipped_small_and_licensed():

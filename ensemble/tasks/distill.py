@@ -27,8 +27,8 @@ class DistillTask(Task):
         self.register_buffer("targets", targets.float(), persistent=False)  # cached file, not checkpointed
         member_targets = member_targets or []
         self.projectors = nn.ModuleList(nn.Linear(model.backbone.out_dim, t.shape[1]) for t in member_targets)
-        for i, t in enumerate(member_targets):
-            self.register_buffer(f"member_targets_{i}", t.float(), persistent=False)
+        # kept on the CPU (each batch's rows move to the device): [rows, member dim] per member is GBs at GUIE scale
+        self.member_targets = [t.float() for t in member_targets]
         self.last_terms: dict[str, float] = {}
 
     def parts(self) -> dict[str, nn.Module]:
@@ -59,9 +59,9 @@ class DistillTask(Task):
         target = self.targets[batch["indices"].to(self.targets.device)]
         terms = distill_terms(student, target, self.loss_cfg)
         if len(self.projectors) and self.loss_cfg.members and "backbone" in self.trainable:
-            rows = batch["indices"].to(self.targets.device)
-            per = [cosine_loss(proj(feats).float(), getattr(self, f"member_targets_{i}")[rows])
-                   for i, proj in enumerate(self.projectors)]
+            rows = batch["indices"].cpu()
+            per = [cosine_loss(proj(feats).float(), t[rows].to(feats.device, non_blocking=True))
+                   for proj, t in zip(self.projectors, self.member_targets)]
             terms["members"] = self.loss_cfg.members * torch.stack(per).mean()
         labelled = batch["targets"] >= 0
         if self.head is not None and self.loss_cfg.arcface and bool(labelled.any()):

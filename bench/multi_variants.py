@@ -94,7 +94,8 @@ def table(result: dict) -> str:
     domains = sorted(result["rows"][0]["per_domain"])
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
              "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
-             "one shared index of 3,626 images, flip TTA, 160 px. Seconds: training/fitting + scoring here.", "",
+             "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
+             "training included only where it trained (a rerun reuses finished runs and only scores).", "",
              "| step | variant | dim | macro mP@5 | overall mP@5 | " + " | ".join(domains) + " | s |",
              "|---|---|---|---|---|" + "---|" * len(domains) + "---|"]
     for r in result["rows"]:

@@ -27,3 +27,12 @@ def test_student_line_pipeline_and_eval_tables_have_the_macro_mean():
     md = markdown_table([{"model": "a", "dim": 64, **TWO}, {"model": "b", "dim": 64, **ONE}])
     assert "| model | dim | mP@5 | recall@1 | mAP@100 | macro mP@5 | cars | toys |" in md
     assert "| b | 64 | 0.600 | 0.700 | 0.500 | n/a | n/a | 0.600 |" in md
+
+
+def test_html_summary_has_the_macro_column_only_with_several_domains():
+    from ensemble.evaluate.html import summary_table
+
+    both = summary_table([{"model": "a", "dim": 64, **TWO}, {"model": "b", "dim": 64, **ONE}], k=5)
+    assert "<th>macro mP@5</th><th>cars</th><th>toys</th>" in both
+    assert "<td>0.700</td><td>0.550</td><td>0.300</td>" in both and "<td>0.700</td><td>n/a</td><td>n/a</td>" in both
+    assert "macro" not in summary_table([{"model": "b", "dim": 64, **ONE}], k=5)

@@ -9,6 +9,8 @@ ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs 
 flip TTA, the recipe's eval size). Members are scored on their pooled backbone feature (what the
 ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs last.
 Nothing here is fitted on query or index images except the row labelled transductive.
+configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
+250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md.
 """
 
@@ -50,6 +52,8 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("ensemble (3 members)", "learned projection-64, 60 epochs at lr 3e-3", ENSEMBLE,
      ["projection=learned", "learned.epochs=60", "learned.lr=3e-3"]),
     ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE, ["members=[lite0_multi]"]),
+    ("ensemble (3 members)", "PCA-64 fitted on 250 train images per domain", ENSEMBLE,
+     [f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}"]),
     ("student (MobileNet-v1)", "recipe: fused 64-d target, train images", STUDENT, []),
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", STUDENT, ["loss.members=1.0"]),
     ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
@@ -66,7 +70,11 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
     stem = Path(recipe).stem
     if not overrides:
         return stem
-    suffix = "_".join(o.split("=")[0].split(".")[-1] + "-" + o.split("=")[1] for o in overrides)
+    def short(override: str) -> str:  # "a.b.key=value" -> "key-value" (a path value -> its file stem)
+        key, value = override.split("=", 1)
+        return key.split(".")[-1] + "-" + (Path(value).stem if "/" in value else value)
+
+    suffix = "_".join(short(o) for o in overrides)
     return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 

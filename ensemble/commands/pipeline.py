@@ -20,6 +20,7 @@ from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
 from ..errors import EnsError
 from ..evaluate.html import write_html
+from ..evaluate.report import score_text
 from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
@@ -160,7 +161,7 @@ def format_table(summary: dict) -> str:
              "| model | mP@5 | recall@1 | " + " | ".join(columns) + " | GFLOP/image | ms/image |",
              "|---|---|---|" + "---|" * len(columns) + "---|---|"]
     for r in rows:
-        per = " | ".join(_fmt(v) for v in [r.get(c) for c in macro] + [r["per_domain"].get(d) for d in domains])
+        per = " | ".join(score_text(v) for v in [r.get(c) for c in macro] + [r["per_domain"].get(d) for d in domains])
         flops = f"{r['gflops_per_image']:.2f}" if "gflops_per_image" in r else "-"
         ms = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else "-"
         lines.append(f"| {r['model']} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} | {flops} | {ms} |")
@@ -169,10 +170,6 @@ def format_table(summary: dict) -> str:
         lines.append(f"cost: FLOPs per image including flip TTA; ms/image measured on {device}, "
                      "uint8 640x480 batches of 8, resize included")
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run(config: str, workdir: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.load import load_member_cfg
+from ..evaluate.report import score_text
 from ..train.member import train_member
 from ..train.plan import format_plan, plan
 
@@ -33,7 +34,7 @@ def format_result(result: dict) -> str:
              "|---|---|---|" + "---|" * len(macro + domains)]
     for name, r in rows:
         values = [r.get("macro_mP@5") for _ in macro] + [r["per_domain"][d] for d in domains]
-        per = " | ".join("n/a" if v is None else f"{v:.3f}" for v in values)
+        per = " | ".join(score_text(v) for v in values)
         lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
     lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from ..atomic import atomic_write_bytes, atomic_write_json
 from ..config.load import load_data_cfg
 from ..data.decode import DecodeError, decode_image
 from ..data.manifest import read_manifest
-from ..embed.extract import extract_many
+from ..embed.extract import draft_px, extract_many
 from ..errors import EnsError
 from ..hashing import file_sha1
 from ..progress import announce
@@ -53,11 +53,6 @@ def reference_embeddings(model: ResolvedModel, paths: list[str]) -> np.ndarray:
     """What `ens eval` computes for `paths`: JPEG draft decoding, batched, the model's TTA."""
     feats = extract_many(model.embedders, paths, torch.device("cpu"), model.tta, workers=0, desc="export check")
     return model.combine(feats)
-
-
-def eval_draft_px(model: ResolvedModel) -> int:
-    """The JPEG draft size `ens eval` decodes at for this model: its largest view (as `extract_many`)."""
-    return max(view[0] for e in model.embedders for view in e.views(list(model.tta.extra_sizes)))
 
 
 def _cosines(module, reference: np.ndarray, paths: list[str], draft_px: int | None) -> np.ndarray:
@@ -128,12 +123,13 @@ def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, s
         runner = OnnxRunner(graph)
     else:
         runner = scripted = trace(model.graph())
-    desc["verify"] = verify(runner, model.name, reference, paths, eval_draft_px(model))
+    draft = draft_px(model.embedders, model.tta)  # what `ens eval` decodes JPEGs at for this model
+    desc["verify"] = verify(runner, model.name, reference, paths, draft)
     desc["torch"] = torch.__version__
     desc["export_seconds"] = round(time.perf_counter() - started, 1)
     data = with_onnx_meta(graph, desc) if fmt == "onnx" else serialize(scripted, desc)
     check = OnnxRunner(data) if fmt == "onnx" else jit_load(io.BytesIO(data))
-    verify(check, model.name, reference[:2], paths[:2], eval_draft_px(model))  # what users will load: once more
+    verify(check, model.name, reference[:2], paths[:2], draft)  # what users will load: check it once more
     atomic_write_bytes(out, data)
     desc["sha1"] = file_sha1(out)
     atomic_write_json(out.with_suffix(".json"), desc)

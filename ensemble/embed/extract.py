@@ -84,6 +84,16 @@ def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks, norma
     return norm(total)
 
 
+def view_specs(embedders: list[Embedder], tta: TTA) -> list:
+    """Every (size, ...) view the embedders need under `tta`, sorted: one decode feeds them all."""
+    return sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
+
+
+def draft_px(embedders: list[Embedder], tta: TTA) -> int:
+    """The JPEG draft size extraction decodes at: the largest view, so no view is upsampled."""
+    return max(spec[0] for spec in view_specs(embedders, tta))
+
+
 def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
                  workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
                  blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True,
@@ -95,9 +105,9 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
     normalize: False returns raw features (summed over views), e.g. to fit a layer on them.
     """
-    specs = sorted({v for e in embedders for v in e.views(list(tta.extra_sizes))})
+    specs = view_specs(embedders, tta)
     index_of = {spec: i for i, spec in enumerate(specs)}
-    draft = max(s[0] for s in specs) if jpeg_draft else None
+    draft = draft_px(embedders, tta) if jpeg_draft else None
     w = world()
     mine = np.arange(len(paths))[w.rank::w.size]  # a multi-process run shards the rows, then gathers them
     shard = [paths[i] for i in mine]

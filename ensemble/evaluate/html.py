@@ -12,7 +12,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..data.manifest import Manifest
-from .report import thumbnail
+from .report import score_text, thumbnail
 
 EXAMPLES = 12
 CHOICE = ("the {n} queries with the lowest P@{k}, ties in manifest order, among the queries that have a "
@@ -53,10 +53,6 @@ def _cell(path: str, caption: str, css: str) -> str:
             f"<figcaption>{caption}<br><small>{name}</small></figcaption></figure>")
 
 
-def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def summary_table(rows: list[dict], k: int) -> str:
     """Model, dim, mP@k, recall@1, per-domain mP@k and cost where known."""
     domains = sorted({d for r in rows for d in r.get("per_domain", {})})
@@ -64,10 +60,10 @@ def summary_table(rows: list[dict], k: int) -> str:
     head = ["model", "dim", f"mP@{k}", "recall@1", *macro, *domains, "GFLOP/image", "ms/image"]
     lines = ["<table class='summary'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
-        cells = [r["model"], r.get("dim", ""), _num(r[f"mP@{k}"]), _num(r["recall@1"]),
-                 *[_num(r.get(f"macro_mP@{k}")) for _ in macro],
-                 *[_num(r.get("per_domain", {}).get(d)) for d in domains],
-                 _num(r.get("gflops_per_image"), 2), _num(r.get("ms_per_image"), 1)]
+        cells = [r["model"], r.get("dim", ""), score_text(r[f"mP@{k}"]), score_text(r["recall@1"]),
+                 *[score_text(r.get(f"macro_mP@{k}")) for _ in macro],
+                 *[score_text(r.get("per_domain", {}).get(d)) for d in domains],
+                 score_text(r.get("gflops_per_image"), 2), score_text(r.get("ms_per_image"), 1)]
         lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 

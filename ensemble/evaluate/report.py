@@ -11,8 +11,9 @@ from ..data.decode import DecodeError, decode_image
 from ..data.manifest import Manifest
 
 
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def score_text(value, digits: int = 3) -> str:
+    """A score for a table: fixed decimals, "n/a" where there is none (a domain without queries)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(reports: list[dict], k: int = 5) -> str:
@@ -23,7 +24,7 @@ def markdown_table(reports: list[dict], k: int = 5) -> str:
     lines = ["| model | dim | %s | %s |" % (" | ".join(c.replace("_", " ") for c in columns), " | ".join(domains)),
              "|---|---|" + "---|" * (len(columns) + len(domains))]
     for r in reports:
-        cells = [_num(r.get(c)) for c in columns] + [_num(r.get("per_domain", {}).get(d)) for d in domains]
+        cells = [score_text(r.get(c)) for c in columns] + [score_text(r.get("per_domain", {}).get(d)) for d in domains]
         lines.append(f"| {r['model']} | {r.get('dim', '')} | " + " | ".join(cells) + " |")
     excluded = sum(r.get("excluded_queries", 0) for r in reports)
     if excluded:

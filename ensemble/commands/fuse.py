@@ -15,7 +15,8 @@ def run(workdir: str, config_path: str | None, overrides: list[str], **flags) ->
     if reducer is None:
         facts = f"concatenation, {d['concat_dim']}-d"
     elif reducer.get("type") == "learned":
-        facts = f"learned projection {d['concat_dim']} -> {reducer['dims']} (from PCA, trained on the fit set's labels)"
+        facts = (f"learned projection {d['concat_dim']} -> {reducer['dims']} "
+                 f"(from PCA, trained on {reducer['trained_on']})")
     else:
         facts = (f"PCA {d['concat_dim']} -> {reducer['dims']} "
                  f"(explained variance {reducer['explained_variance_ratio']:.3f})")

@@ -247,7 +247,8 @@ class TTACfg(Strict):
 
 
 class ProjectionCfg(Strict):
-    """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels."""
+    """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels, plus
+    optionally a neighbour term that keeps each row's neighbours in the concatenation (no labels used)."""
 
     epochs: PositiveInt = 20
     lr: float = Field(1e-3, gt=0)
@@ -255,6 +256,11 @@ class ProjectionCfg(Strict):
     batch_size: PositiveInt = 256
     scale: float = Field(30.0, gt=0)
     margin: float = Field(0.2, ge=0)
+    # weight of the neighbour term: cross-entropy from the softmax over in-batch cosine similarities in the
+    # concatenation (temperature neighbour_tau_teacher) to the same softmax after projection (neighbour_tau)
+    neighbour_weight: float = Field(0.0, ge=0)
+    neighbour_tau_teacher: float = Field(0.02, gt=0)
+    neighbour_tau: float = Field(0.05, gt=0)
 
 
 class EnsembleCfg(Strict):

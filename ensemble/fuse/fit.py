@@ -90,7 +90,7 @@ def describe(cfg: EnsembleCfg, name: str, parts: list[Part], groups, manifest: M
         "reducer": None if reducer is None else {
             "type": cfg.projection, "dims": reducer.out_dim, "whiten": reducer.whiten,
             **({"explained_variance_ratio": round(reducer.explained_variance_ratio, 6)} if cfg.projection == "pca"
-               else {"trained_on": "fit set labels"})},
+               else {"trained_on": "the fit set's labels" + (" and neighbours" * bool(cfg.learned.neighbour_weight))})},
     }
 
 

@@ -2,8 +2,10 @@
 
 It starts at the fitted PCA (same mean, same 64 directions), then a CosFace margin softmax on the fit
 set's labels trains the projection with one class centre per label (the centres start at the
-class means). The result keeps PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph,
-export and eval run it unchanged.
+class means). The optional neighbour term (`neighbour_weight`) makes the projected in-batch
+similarities reproduce the concatenation's nearest neighbours, so the label loss cannot collapse
+what the training labels do not name (unseen classes, category-level domains). The result keeps
+PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph, export and eval run it unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def labelled_rows(labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]
     return rows, np.array([index[labels[i]] for i in rows], dtype=np.int64), classes
 
 
+def neighbour_loss(original: torch.Tensor, projected: torch.Tensor, tau_teacher: float, tau: float) -> torch.Tensor:
+    """Cross-entropy from each row's softmax over its in-batch cosine similarities in `original` [b, d]
+    (temperature tau_teacher, the target) to the same softmax in `projected` [b, k] (temperature tau);
+    a row is never its own neighbour."""
+    def similarities(rows: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(rows, dim=-1)
+        return (unit @ unit.T).fill_diagonal_(-1e4)  # exp(-1e4 / tau) == 0: no self-match
+
+    with torch.no_grad():
+        target = F.softmax(similarities(original) / tau_teacher, dim=-1)
+    return -(target * F.log_softmax(similarities(projected) / tau, dim=-1)).sum(-1).mean()
+
+
 def fit_projection(features, labels: list[str], start: PCAReducer, cfg: ProjectionCfg, seed: int = 0) -> PCAReducer:
     """Train W [out, d] from `start`'s components on the labelled rows of `features` [n, d]."""
     rows, targets, classes = labelled_rows(labels)
@@ -44,10 +59,15 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
         centres = torch.zeros(len(classes), start.out_dim).index_add_(0, y, F.normalize(x @ proj.T, dim=-1))
         head.weight.copy_(F.normalize(centres, dim=-1))
     opt = torch.optim.AdamW([proj, *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mean = torch.from_numpy(np.asarray(start.mean, np.float32))
     for _ in tqdm(range(cfg.epochs), desc=label(f"learn projection-{start.out_dim} ({len(rows):,} rows)"),
                   leave=False):
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
-            loss = F.cross_entropy(head(x[batch] @ proj.T, y[batch]), y[batch])
+            projected = x[batch] @ proj.T
+            loss = F.cross_entropy(head(projected, y[batch]), y[batch])
+            if cfg.neighbour_weight > 0:
+                loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
+                                                                    cfg.neighbour_tau_teacher, cfg.neighbour_tau)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -123,6 +123,12 @@ def test_learned_projection_through_fuse(trained_workspace):
     pca = fuse(cfg(name="lp_pca", fit_on="train"), trained_workspace).ensemble.reducer
     learned = load_ensemble(trained_workspace, "lp").ensemble.reducer
     assert np.array_equal(pca.mean, learned.mean)  # same start, then trained on the labels
+    text = fuse_command.run(trained_workspace, None, ["projection=learned", "learned.epochs=2", "workers=0",
+                                                     "device=cpu", "features=backbone", "learned.neighbour_weight=1"],
+                            members="vit_a,vit_b,tvit", name="lpn", pca=8, fit_on="train")
+    assert "learned projection 80 -> 8 (from PCA, trained on the fit set's labels and neighbours)" in text
+    with_neighbours = load_ensemble(trained_workspace, "lpn").ensemble.reducer
+    assert not np.allclose(with_neighbours.components, learned.components, atol=1e-4)
     assert not np.allclose(pca.components, learned.components, atol=1e-4)
     with pytest.raises(EnsError, match="projection: learned needs labelled fit images"):
         fuse(cfg(name="lq", projection="learned", fit_on="index", learned={"epochs": 1},

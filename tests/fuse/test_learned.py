@@ -1,12 +1,14 @@
-"""The learned projection: starts at PCA, learns the label-bearing directions PCA misses."""
+"""The learned projection: starts at PCA, learns the label-bearing directions PCA misses; its
+neighbour term keeps the structure the labels do not name."""
 
 import numpy as np
 import pytest
+import torch
 
 from ensemble.config.schema import EnsembleCfg, ProjectionCfg
 from ensemble.errors import EnsError
 from ensemble.evaluate.metrics import evaluate_embeddings
-from ensemble.fuse.learned import fit_projection
+from ensemble.fuse.learned import fit_projection, neighbour_loss
 from ensemble.fuse.reducer import fit_pca
 
 
@@ -50,3 +52,42 @@ def test_learned_projection_needs_labels_and_no_whitening():
         EnsembleCfg(members=["a"], projection="learned", whiten=True)
     with pytest.raises(ValueError, match="projection: learned needs `pca` dims"):
         EnsembleCfg(members=["a"], projection="learned", pca=None)
+
+
+def test_neighbour_loss_is_the_cross_entropy_between_neighbour_softmaxes():
+    original = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    projected = torch.tensor([[1.0], [-1.0], [2.0]])
+    cos_orig = np.array([[0, 0, 2 ** -0.5], [0, 0, 2 ** -0.5], [2 ** -0.5, 2 ** -0.5, 0]])
+    cos_proj = np.array([[0, -1, 1], [-1, 0, -1], [1, -1, 0]])
+    want = 0.0
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        target = np.exp(cos_orig[i, others] / 0.5) / np.exp(cos_orig[i, others] / 0.5).sum()
+        log_p = cos_proj[i, others] / 0.25 - np.log(np.exp(cos_proj[i, others] / 0.25).sum())
+        want -= (target * log_p).sum() / 3
+    assert neighbour_loss(original, projected, tau_teacher=0.5, tau=0.25).item() == pytest.approx(want, rel=1e-5)
+
+
+def kinds_and_classes(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """16-d rows: dims 0-3 the labelled class (20), dims 4-7 one of 8 kinds no label names."""
+    rng = np.random.default_rng(seed)
+    classes, kinds = rng.integers(0, 20, n), rng.integers(0, 8, n)
+    class_centres = np.random.default_rng(100).standard_normal((20, 4))
+    kind_centres = np.random.default_rng(101).standard_normal((8, 4))
+    x = np.concatenate([class_centres[classes], kind_centres[kinds], np.zeros((n, 8))], 1)
+    x += 0.15 * rng.standard_normal((n, 16))
+    return x.astype(np.float32), [f"c{c}" for c in classes], [f"k{k}" for k in kinds]
+
+
+def test_neighbour_term_keeps_what_the_labels_do_not_name():
+    train, train_classes, _ = kinds_and_classes(600, seed=0)
+    test, test_classes, test_kinds = kinds_and_classes(400, seed=1)
+    pca = fit_pca(train, 4)
+    labels_only, with_neighbours = (
+        fit_projection(train, train_classes, pca, ProjectionCfg(epochs=40, batch_size=64, lr=1e-2, neighbour_weight=w))
+        for w in (0.0, 1.0))
+    # the label loss alone spends all 4 dims on the labelled classes and loses the kinds PCA kept
+    assert mp5(labels_only, test, test_kinds) < mp5(pca, test, test_kinds) - 0.4
+    # with the neighbour term the kinds survive and the classes still gain over PCA
+    assert mp5(with_neighbours, test, test_kinds) > mp5(labels_only, test, test_kinds) + 0.15
+    assert mp5(with_neighbours, test, test_classes) > mp5(pca, test, test_classes) + 0.15

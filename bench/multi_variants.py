@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from update_benchmarks import record  # noqa: E402
+from update_benchmarks import domain_table, record  # noqa: E402
 
 from ensemble.commands.pipeline import load_pipeline_cfg, run_pipeline  # noqa: E402
 from ensemble.config.load import load_member_cfg, load_student_cfg  # noqa: E402
@@ -44,18 +44,25 @@ DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
 STUDENT = "distill/cpu/mnv1_multi.yaml"
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
-    ("ensemble (3 members)", "recipe: PCA-64 fitted on train", ENSEMBLE, []),
-    ("ensemble (3 members)", "plain concatenation (3,584-d)", ENSEMBLE, ["pca=null"]),
-    ("ensemble (3 members)", "learned projection-64 (train labels)", ENSEMBLE, ["projection=learned"]),
-    ("ensemble (3 members)", "PCA-64 fitted on index (transductive)", ENSEMBLE, ["fit_on=index"]),
-    ("ensemble (3 members)", "PCA-64 whitened, fitted on train", ENSEMBLE, ["whiten=true"]),
-    ("ensemble (3 members)", "learned projection-64, 60 epochs at lr 3e-3", ENSEMBLE,
-     ["projection=learned", "learned.epochs=60", "learned.lr=3e-3"]),
-    ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE, ["members=[lite0_multi]"]),
+    ("ensemble (3 members)", "recipe: learned-64 (train labels + neighbour term), fitted on train", ENSEMBLE, []),
+    ("ensemble (3 members)", "plain concatenation (3,584-d)", ENSEMBLE, ["projection=pca", "pca=null"]),
+    ("ensemble (3 members)", "PCA-64 fitted on train (the previous recipe)", ENSEMBLE, ["projection=pca"]),
+    ("ensemble (3 members)", "learned-64, train labels only (no neighbour term)", ENSEMBLE,
+     ["learned.neighbour_weight=0"]),
+    ("ensemble (3 members)", "learned-64, neighbour term x3", ENSEMBLE, ["learned.neighbour_weight=3"]),
+    ("ensemble (3 members)", "PCA-64 fitted on index (transductive)", ENSEMBLE, ["projection=pca", "fit_on=index"]),
+    ("ensemble (3 members)", "PCA-64 whitened, fitted on train", ENSEMBLE, ["projection=pca", "whiten=true"]),
+    ("ensemble (3 members)", "learned-64, labels only, 60 epochs at lr 3e-3", ENSEMBLE,
+     ["learned.neighbour_weight=0", "learned.epochs=60", "learned.lr=3e-3"]),
+    ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE,
+     ["projection=pca", "members=[lite0_multi]"]),
+    ("ensemble (1 member)", "lite0_multi alone, the recipe's learned-64", ENSEMBLE, ["members=[lite0_multi]"]),
     ("ensemble (3 members)", "PCA-64 fitted on 250 train images per domain", ENSEMBLE,
-     [f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}"]),
+     ["projection=pca", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}"]),
     ("student (MobileNet-v1)", "recipe: fused 64-d target, train images", STUDENT, []),
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", STUDENT, ["loss.members=1.0"]),
+    ("student (EfficientNet-Lite0)", "same recipe, Lite0 started from lite0_multi", "distill/cpu/lite0_multi.yaml",
+     []),
     ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
     ("member (MobileNet-v1)", "class-balanced only (no domain shares)", MEMBER, ["sampler.domain_alpha=null"]),
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
@@ -85,7 +92,7 @@ def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, 
         fuse_or_reuse(ensemble_cfg(ws, str(path), [*overrides, f"name={name}"]), ws)
         return f"ensemble:{name}", None
     sets = [*overrides, f"name={name}", "eval.enabled=false"]
-    if recipe == STUDENT:
+    if recipe.startswith("distill/"):
         distill(load_student_cfg(path, sets), ws)
         return f"student:{name}", None
     train_member(load_member_cfg(path, sets), ws)
@@ -99,18 +106,12 @@ def row(step: str, variant: str, report: dict, seconds: float) -> dict:
 
 
 def table(result: dict) -> str:
-    domains = sorted(result["rows"][0]["per_domain"])
-    lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
-             "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
-             "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
-             "training included only where it trained (a rerun reuses finished runs and only scores).", "",
-             "| step | variant | dim | macro mP@5 | overall mP@5 | " + " | ".join(domains) + " | s |",
-             "|---|---|---|---|---|" + "---|" * len(domains) + "---|"]
-    for r in result["rows"]:
-        per = " | ".join("n/a" if r["per_domain"].get(d) is None else f"{r['per_domain'][d]:.3f}" for d in domains)
-        lines.append(f"| {r['step']} | {r['variant']} | {r['dim']} | {r['macro_mP@5']:.3f} | {r['mP@5']:.3f} | "
-                     f"{per} | {r['seconds']:.0f} |")
-    return "\n".join(lines)
+    return domain_table(
+        f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
+        "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
+        "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
+        "training included only where it trained (a rerun reuses finished runs and only scores).",
+        result["rows"], ["step", "variant"])
 
 
 def main() -> None:

@@ -25,3 +25,17 @@ def record(name: str, result: dict, title: str, body: str) -> None:
     """Store `result` as bench/results/<name>.json and put `body` under `## <title>` in BENCHMARKS.md."""
     atomic_write_json(PATH.parent / "bench" / "results" / f"{name}.json", result)
     update_section(title, body)
+
+
+def domain_table(intro: str, rows: list[dict], lead: list[str]) -> str:
+    """`intro`, then a Markdown table of `rows`: their `lead` keys, dim, macro and overall mP@5, one
+    column per domain of the first row (n/a where a row has no score) and the seconds spent."""
+    domains = sorted(rows[0]["per_domain"])
+    lines = [intro, "", "| " + " | ".join([*lead, "dim", "macro mP@5", "overall mP@5", *domains, "s"]) + " |",
+             "|" + "---|" * (len(lead) + len(domains) + 4)]
+    for r in rows:
+        per = ["n/a" if r["per_domain"].get(d) is None else f"{r['per_domain'][d]:.3f}" for d in domains]
+        cells = [*(str(r[k]) for k in lead), str(r["dim"]), f"{r['macro_mP@5']:.3f}", f"{r['mP@5']:.3f}", *per,
+                 f"{r['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

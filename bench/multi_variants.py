@@ -42,7 +42,7 @@ from ensemble.workspace.layout import Workspace  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
-STUDENT = "distill/cpu/mnv1_multi.yaml"
+STUDENT = "distill/cpu/lite0_multi.yaml"
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: learned-64 (train labels + neighbour term), fitted on train", ENSEMBLE, []),
     ("ensemble (3 members)", "plain concatenation (3,584-d)", ENSEMBLE, ["projection=pca", "pca=null"]),
@@ -59,10 +59,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("ensemble (1 member)", "lite0_multi alone, the recipe's learned-64", ENSEMBLE, ["members=[lite0_multi]"]),
     ("ensemble (3 members)", "PCA-64 fitted on 250 train images per domain", ENSEMBLE,
      ["projection=pca", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}"]),
-    ("student (MobileNet-v1)", "recipe: fused 64-d target, train images", STUDENT, []),
-    ("student (MobileNet-v1)", "multi-teacher: + one projector per member", STUDENT, ["loss.members=1.0"]),
-    ("student (EfficientNet-Lite0)", "same recipe, Lite0 started from lite0_multi", "distill/cpu/lite0_multi.yaml",
-     []),
+    ("student (EfficientNet-Lite0)", "recipe: fused 64-d target, train images, from lite0_multi", STUDENT, []),
+    ("student (MobileNet-v1)", "the same from mnv1_multi (the previous recipe)", "distill/cpu/mnv1_multi.yaml", []),
+    ("student (MobileNet-v1)", "multi-teacher: + one projector per member", "distill/cpu/mnv1_multi.yaml",
+     ["loss.members=1.0"]),
     ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
     ("member (MobileNet-v1)", "class-balanced only (no domain shares)", MEMBER, ["sampler.domain_alpha=null"]),
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),

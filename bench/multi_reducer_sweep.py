@@ -9,11 +9,12 @@ images from the workspace's embedding cache, L2-normalises each member and conca
 fusion does), fits each reducer on the TRAIN rows only (exact SVD / eigendecomposition in numpy,
 not the library's randomised PCA), and scores query vs the shared index (macro mP@5 over domains).
 Rows: PCA-k with whitening power p (eigenvalue^-p/2); signed square root of every feature before
-normalising; per-member PCA-128 whitening before the joint PCA-64; and supervised "learned
-whitening" (Radenovic et al. 2018: whiten the within-class covariance + lambda I, then keep the top
-64 directions of the total covariance). The trained projections (label loss, neighbour term) are in
-bench/multi_variants.py. Writes bench/results/multi_reducer_sweep.json and the "GUIE-mini reducer
-sweep" table of BENCHMARKS.md.
+normalising (the fusion's `power: 0.5`); per-member PCA-128 whitening before the joint PCA-64; and
+supervised "learned whitening" (Radenovic et al. 2018: whiten the within-class covariance + lambda I,
+then keep the top 64 directions of the total covariance). The trained projections (label loss,
+neighbour term) are in bench/multi_variants.py (whole recipes) and bench/multi_projection_sweep.py
+(their settings). Writes bench/results/multi_reducer_sweep.json and the "GUIE-mini reducer sweep"
+table of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
-def signed_sqrt(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.sqrt(np.abs(x))
-
-
 def pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, all principal directions [k, d] by decreasing variance, their variances) by exact SVD."""
     mean = x.mean(0)
@@ -70,7 +67,7 @@ def projection(fitted: tuple, dims: int, whiten_power: float = 0.0):
 @dataclass
 class FitSet:
     """The train rows a reducer is fitted on, their labels and each member's column block; the SVD
-    is computed once and shared by every PCA row of one feature transform."""
+    is computed once and shared by every PCA row of one feature power."""
 
     train: np.ndarray
     labels: np.ndarray
@@ -115,22 +112,22 @@ def learned_whitening(lam: float):
     return fit
 
 
-VARIANTS = [  # (name, feature transform before normalising, fit(FitSet of train rows) -> projection)
-    ("plain concatenation (3,584-d), no reducer", None, None),
-    ("PCA-64", None, pca_reducer(64)),
-    ("PCA-64, whitened (power 1)", None, pca_reducer(64, 1.0)),
-    ("PCA-64, half whitened (power 0.5)", None, pca_reducer(64, 0.5)),
-    ("PCA-128 (not 64-d)", None, pca_reducer(128)),
-    ("PCA-256 (not 64-d)", None, pca_reducer(256)),
-    ("signed sqrt, plain concatenation (3,584-d)", signed_sqrt, None),
-    ("signed sqrt, PCA-64", signed_sqrt, pca_reducer(64)),
-    ("signed sqrt, PCA-64 half whitened", signed_sqrt, pca_reducer(64, 0.5)),
-    ("signed sqrt, PCA-64 whitened", signed_sqrt, pca_reducer(64, 1.0)),
-    ("per-member PCA-128 whitened, then PCA-64", None, per_member_then_pca(128)),
-    ("signed sqrt, per-member PCA-128 whitened, then PCA-64", signed_sqrt, per_member_then_pca(128)),
-    ("learned whitening (train labels), lambda 1e-3", None, learned_whitening(1e-3)),
-    ("learned whitening (train labels), lambda 3e-3", None, learned_whitening(3e-3)),
-    ("learned whitening (train labels), lambda 1e-2", None, learned_whitening(1e-2)),
+VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet of train rows) -> projection)
+    ("plain concatenation (3,584-d), no reducer", 1.0, None),
+    ("PCA-64", 1.0, pca_reducer(64)),
+    ("PCA-64, whitened (power 1)", 1.0, pca_reducer(64, 1.0)),
+    ("PCA-64, half whitened (power 0.5)", 1.0, pca_reducer(64, 0.5)),
+    ("PCA-128 (not 64-d)", 1.0, pca_reducer(128)),
+    ("PCA-256 (not 64-d)", 1.0, pca_reducer(256)),
+    ("signed sqrt, plain concatenation (3,584-d)", 0.5, None),
+    ("signed sqrt, PCA-64", 0.5, pca_reducer(64)),
+    ("signed sqrt, PCA-64 half whitened", 0.5, pca_reducer(64, 0.5)),
+    ("signed sqrt, PCA-64 whitened", 0.5, pca_reducer(64, 1.0)),
+    ("per-member PCA-128 whitened, then PCA-64", 1.0, per_member_then_pca(128)),
+    ("signed sqrt, per-member PCA-128 whitened, then PCA-64", 0.5, per_member_then_pca(128)),
+    ("learned whitening (train labels), lambda 1e-3", 1.0, learned_whitening(1e-3)),
+    ("learned whitening (train labels), lambda 3e-3", 1.0, learned_whitening(3e-3)),
+    ("learned whitening (train labels), lambda 1e-2", 1.0, learned_whitening(1e-2)),
 ]
 
 
@@ -160,15 +157,14 @@ def main() -> None:
     model_groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = np.asarray(manifests["train"].labels)
     fused, fit_sets, rows = {}, {}, []
-    for name, transform, fit in VARIANTS:
+    for name, power, fit in VARIANTS:
         started = time.perf_counter()
-        if transform not in fused:  # the fusion's merge (L2 per member, concatenate), once per transform
-            fused[transform] = {s: combine([transform(f) if transform else f for f in feats], model_groups)
-                                .astype(np.float64) for s, feats in parts.items()}
-            fit_sets[transform] = FitSet(fused[transform]["train"], labels, blocks)
-        emb = fused[transform]
+        if power not in fused:  # the fusion's merge (power, L2 per member, concatenate), once per power
+            fused[power] = {s: combine(feats, model_groups, power).astype(np.float64) for s, feats in parts.items()}
+            fit_sets[power] = FitSet(fused[power]["train"], labels, blocks)
+        emb = fused[power]
         if fit is not None:
-            project = fit(fit_sets[transform])  # every fit sees train rows only
+            project = fit(fit_sets[power])  # every fit sees train rows only
             emb = {s: project(x) for s, x in emb.items()}
         report = score(emb, manifests)
         rows.append({"variant": name, "dim": emb["query"].shape[1], "macro_mP@5": report["macro_mP@5"],
@@ -185,8 +181,8 @@ def table(result: dict) -> str:
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
         "of `ens pipeline configs/pipelines/multi_cpu.yaml`: the three members' pooled backbone features "
         "(flip TTA, 160 px), every reducer fitted on multi's train images only, 888 queries against the "
-        "shared index of 3,626 images. s: seconds for the row; the first row of a feature transform also "
-        "fuses the features, the first PCA row of a transform computes the SVD the later ones reuse.",
+        "shared index of 3,626 images. s: seconds for the row; the first row of a feature power also "
+        "fuses the features, the first PCA row of a power computes the SVD the later ones reuse.",
         result["rows"], ["variant"])
 
 

@@ -114,8 +114,9 @@ STUDENT_SETS = ["teacher=teach", "neck.dims=[8]", "loss.sim_kl=0.5", "eval.enabl
 
 @pytest.fixture(scope="session")
 def distilled_workspace(trained_workspace) -> Path:
-    """A copy of trained_workspace's members plus ensemble `teach` (vit_a + tvit, PCA 8) and a tiny student
-    `stu` distilled from it. A copy: tests that add ensembles here never change what trained_workspace holds."""
+    """A copy of trained_workspace's members plus ensemble `teach` (vit_a + tvit, signed square root, PCA 8)
+    and a tiny student `stu` distilled from it. A copy: tests that add ensembles here never change what
+    trained_workspace holds."""
     import shutil
 
     from ensemble.config.load import load_student_cfg
@@ -128,7 +129,8 @@ def distilled_workspace(trained_workspace) -> Path:
     for data in [*trained_workspace.parent.glob("*.csv"), trained_workspace.parent / "data.yaml"]:
         shutil.copy(data, runs.parent / data.name)  # the same data beside it (tests read ../query.csv etc.)
     fuse(EnsembleCfg.model_validate({"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone",
-                                     "pca": 8, "fit_on": "index", "workers": 0, "device": "cpu"}), runs)
+                                     "power": 0.5, "pca": 8, "fit_on": "index", "workers": 0, "device": "cpu"}),
+         runs)
     folder = runs.parent
     distill(load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="stu"), STUDENT_SETS), runs)
     return runs

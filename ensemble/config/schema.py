@@ -270,6 +270,9 @@ class EnsembleCfg(Strict):
     members: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(min_length=1)
     features: Literal["neck", "backbone"] = "backbone"
     merge: Literal["mean", "concat"] = "mean"  # mean: average members of one architecture first
+    # signed power applied to every member feature before its L2 normalisation (0.5: signed square root,
+    # "power normalisation"); 1: the features as they are
+    power: float = Field(1.0, gt=0, le=1)
     pca: PositiveInt | None = 64  # None: plain concatenation
     whiten: bool = False
     # pca: the top principal directions; learned: those directions trained further with a margin loss on

@@ -39,7 +39,8 @@ def describe(model: ResolvedModel, fmt: str) -> dict:
     out_dim = model.out_dim
     return {"format": FORMAT, "file_format": fmt, "model": model.name, "kind": model.kind,
             "output_dim": int(out_dim),
-            "flip_tta": model.tta.flip, "input": "uint8 [B,3,H,W] RGB, any H and W",
+            "flip_tta": model.tta.flip, "feature_power": model.head.power if model.head is not None else 1.0,
+            "input": "uint8 [B,3,H,W] RGB, any H and W",
             "output": f"float32 [B,{out_dim}] L2-normalised",
             "resize": "bilinear, antialiased, to each member's square size",
             "members": [{"name": p.embedder.name, "arch": p.embedder.arch, "image_size": p.embedder.size_px,

@@ -43,15 +43,16 @@ def _tensors(features: list[np.ndarray], start: int, stop: int) -> list[torch.Te
     return [torch.from_numpy(np.ascontiguousarray(f[start:stop], np.float32)) for f in features]
 
 
-def combine(features: list[np.ndarray], groups: list[list[int]]) -> np.ndarray:
-    """Average the L2-normalised features inside each group, renormalise, concatenate the groups."""
+def combine(features: list[np.ndarray], groups: list[list[int]], power: float = 1.0) -> np.ndarray:
+    """Signed power of every feature, average the L2-normalised features inside each group,
+    renormalise, concatenate the groups."""
     _check_rows(features)
     _check_groups(features, groups)
     with torch.no_grad():
-        return merge_groups(_tensors(features, 0, None), groups).numpy()
+        return merge_groups(_tensors(features, 0, None), groups, power).numpy()
 
 
-def combine_to_store(features: list[np.ndarray], groups: list[list[int]], path: Path,
+def combine_to_store(features: list[np.ndarray], groups: list[list[int]], path: Path, power: float = 1.0,
                      chunk_rows: int = 16384) -> np.ndarray:
     """`combine` chunk by chunk into a float32 .npy memmap at `path` (a scratch file for fitting the
     reducer); returns the memmap."""
@@ -60,7 +61,7 @@ def combine_to_store(features: list[np.ndarray], groups: list[list[int]], path: 
     width = sum(features[g[0]].shape[1] for g in groups)
     store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, width))
     for start in range(0, n, chunk_rows):
-        store[start:start + chunk_rows] = combine([f[start:start + chunk_rows] for f in features], groups)
+        store[start:start + chunk_rows] = combine([f[start:start + chunk_rows] for f in features], groups, power)
     store.flush()
     return store
 

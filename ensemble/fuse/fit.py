@@ -58,7 +58,7 @@ def fuse(cfg: EnsembleCfg, workdir: str | Path | Workspace) -> ResolvedModel:
     folder = ws.ensemble_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        fused = combine_to_store(features, groups, Path(tmp) / "fit_features.npy")
+        fused = combine_to_store(features, groups, Path(tmp) / "fit_features.npy", cfg.power)
         concat_dim = fused.shape[1]
         reducer = None
         if cfg.pca is not None:
@@ -83,6 +83,7 @@ def describe(cfg: EnsembleCfg, name: str, parts: list[Part], groups, manifest: M
                     for p in parts],
         "features": cfg.features,
         "groups": groups,
+        "power": cfg.power,
         "tta": {"flip": cfg.tta.flip, "extra_sizes": list(cfg.tta.extra_sizes)},
         "fit_on": {"manifest": str(manifest.source), "sha1": manifest.sha1, "rows": len(manifest)},
         "concat_dim": concat_dim,

@@ -1,4 +1,4 @@
-"""The fusion graph in torch: the one implementation of merge -> concatenate -> PCA -> normalise.
+"""The fusion graph in torch: the one implementation of power -> merge -> concatenate -> PCA -> normalise.
 
 `ens fuse`/`ens eval` run it on numpy features (zero-copy), `ens export` traces it with the member
 branches in front. A member branch is uint8 images -> preprocessing -> `EmbeddingModel.embed` ->
@@ -16,9 +16,17 @@ from ..models.member import EmbeddingModel
 from ..models.preprocess import Preprocess
 
 
-def merge_groups(features: list[torch.Tensor], groups: list[list[int]]) -> torch.Tensor:
-    """Average the L2-normalised features inside each group, renormalise, concatenate the groups."""
-    parts = [F.normalize(torch.stack([F.normalize(features[i].float(), dim=-1) for i in group]).mean(0), dim=-1)
+def signed_power(x: torch.Tensor, power: float) -> torch.Tensor:
+    """sign(x) * |x|^power ("power normalisation"; 0.5: signed square root): damps the few large
+    coordinates of pooled CNN features so that many small ones count; power 1 returns x unchanged."""
+    return x if power == 1.0 else torch.sign(x) * x.abs().pow(power)
+
+
+def merge_groups(features: list[torch.Tensor], groups: list[list[int]], power: float = 1.0) -> torch.Tensor:
+    """Signed power of every feature, average the L2-normalised features inside each group,
+    renormalise, concatenate the groups."""
+    parts = [F.normalize(torch.stack([F.normalize(signed_power(features[i].float(), power), dim=-1)
+                                      for i in group]).mean(0), dim=-1)
              for group in groups]
     return torch.cat(parts, dim=1)
 
@@ -33,11 +41,13 @@ def pca_scale(explained_variance: np.ndarray, whiten: bool) -> np.ndarray:
 
 
 class FusionHead(nn.Module):
-    """Member features -> mean per group (architecture) -> concatenate -> optional PCA -> L2-normalise."""
+    """Member features -> signed power -> mean per group (architecture) -> concatenate -> optional PCA
+    (or learned projection) -> L2-normalise."""
 
-    def __init__(self, groups: list[list[int]], reducer=None):
+    def __init__(self, groups: list[list[int]], reducer=None, power: float = 1.0):
         super().__init__()
         self.groups = [list(g) for g in groups]
+        self.power = float(power)
         self.has_pca = reducer is not None
         if reducer is not None:
             scale = pca_scale(np.asarray(reducer.explained_variance), reducer.whiten)
@@ -46,7 +56,7 @@ class FusionHead(nn.Module):
             self.register_buffer("pca_scale", torch.from_numpy(np.asarray(scale, np.float32)))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        fused = merge_groups(features, self.groups)
+        fused = merge_groups(features, self.groups, self.power)
         if self.has_pca:
             fused = pca_project(fused, self.pca_mean, self.pca_components, self.pca_scale)
         return F.normalize(fused, dim=-1)

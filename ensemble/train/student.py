@@ -50,15 +50,16 @@ class DistillData:
 
 
 def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str]:
-    """(ensemble name, sha1 of what defines its embedding): member checkpoint hashes, grouping,
-    features, TTA and the reducer's hash -- not paths, so a refit of the same ensemble keeps it."""
+    """(ensemble name, sha1 of what defines its embedding): member checkpoint hashes, grouping, feature
+    power, features, TTA and the reducer's hash -- not paths, so a refit of the same ensemble keeps it."""
     try:
         ens = read_ensemble(Workspace.at(workdir), teacher)
     except EnsError as exc:
         raise EnsError(f"teacher: {exc}") from None
     d = ens.description
     defining = {"members": ens.member_keys, "groups": ens.groups, "features": ens.features, "tta": d["tta"],
-                "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1")}
+                "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1"),
+                **({"power": ens.power} if ens.power != 1.0 else {})}  # absent before the option existed
     return ens.name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
 

@@ -136,6 +136,12 @@ class EnsembleFile:
         return self.description["groups"]
 
     @property
+    def power(self) -> float:
+        """The signed power applied to member features before merging (1: none; files older than the
+        option were all fitted without one)."""
+        return float(self.description.get("power", 1.0))
+
+    @property
     def features(self) -> str:
         return self.description["features"]
 

@@ -112,7 +112,9 @@ class ResolvedModel:
         reducer = self.ensemble.description["reducer"] if self.ensemble is not None else None
         return {"kind": self.kind, "parts": [p.embedder.key for p in self.parts],
                 "groups": self.head.groups if self.head is not None else None,
-                "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe()}
+                "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe(),
+                # only when used, so galleries built before the option keep their identity
+                **({"power": self.head.power} if self.head is not None and self.head.power != 1.0 else {})}
 
     def graph(self) -> EmbeddingGraph:
         """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces
@@ -173,7 +175,7 @@ def _ensemble(ws: Workspace, name: str | None, features: str | None, device) -> 
                            "fitted (checkpoint hash differs); run `ens fuse` again")
     tta = ens.description["tta"]
     return ResolvedModel(f"ensemble:{ens.name}", "ensemble", TTA(tta["flip"], tuple(tta["extra_sizes"])),
-                         parts[0].file.data, parts, FusionHead(ens.groups, ens.reducer), ens)
+                         parts[0].file.data, parts, FusionHead(ens.groups, ens.reducer, ens.power), ens)
 
 
 def _exported(path: Path) -> ResolvedModel:

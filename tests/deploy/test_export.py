@@ -52,6 +52,7 @@ def test_export_contract_in_a_fresh_process(distilled_workspace, tmp_path, spec,
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["output_dim"] == dim and meta["members"][0]["image_size"] == 32
     assert meta["members"][0]["mean"] and meta["members"][0]["checkpoint"]
+    assert meta["feature_power"] == (0.5 if spec.startswith("ensemble") else 1.0)
     result = run_contract(out, tmp_path)
     for key in ("1x1x1", "1x3000x200", "1x224x224", "3x37x500"):
         shape, dtype, norms, finite = result[key]

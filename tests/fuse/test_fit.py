@@ -34,6 +34,19 @@ def test_fuse_merges_per_architecture_concatenates_and_reduces(trained_workspace
     assert out.shape == (5, 8) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_power_is_saved_and_used_by_the_loaded_ensemble(trained_workspace):
+    ens = fuse(cfg(name="p", power=0.5, pca=None, merge="concat"), trained_workspace)
+    assert ens.ensemble.description["power"] == 0.5
+    loaded = load_ensemble(trained_workspace, "p")
+    feats = [np.random.default_rng(i).standard_normal((3, m["dim"])).astype(np.float32)
+             for i, m in enumerate(ens.ensemble.description["members"])]
+    rooted = [np.sign(f) * np.sqrt(np.abs(f)) for f in feats]
+    want = combine(rooted, [[0], [1], [2]]) / np.sqrt(3)  # three unit blocks, renormalised
+    assert np.allclose(loaded.combine(feats), want, atol=1e-5)
+    plain = fuse(cfg(name="p1", pca=None, merge="concat"), trained_workspace)
+    assert loaded.identity()["power"] == 0.5 and "power" not in plain.identity()
+
+
 def test_concat_without_pca_and_merge_concat(trained_workspace):
     ens = fuse(cfg(name="c", pca=None, merge="concat", features="neck"), trained_workspace)
     assert ens.ensemble.groups == [[0], [1], [2]] and ens.ensemble.out_dim == ens.out_dim == 24

@@ -14,9 +14,10 @@ def features(rows=40, dims=(6, 6, 4), seed=0):
     return [rng.standard_normal((rows, d)).astype(np.float32) for d in dims]
 
 
-def by_hand(feats, groups, reducer=None):
-    """merge -> concat -> PCA (whitened or not) -> L2, written out in numpy."""
+def by_hand(feats, groups, reducer=None, power=1.0):
+    """signed power -> merge -> concat -> PCA (whitened or not) -> L2, written out in numpy."""
     l2 = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    feats = [np.sign(f) * np.abs(f) ** power for f in feats]
     fused = np.concatenate([l2(np.mean([l2(feats[i]) for i in g], axis=0)) for g in groups], axis=1)
     if reducer is not None:
         fused = (fused - reducer.mean) @ reducer.components.T
@@ -46,3 +47,15 @@ def test_merge_without_reducer_is_the_normalised_concatenation():
                        atol=1e-6)
     got = fuse_features(FusionHead([[0], [1]]), feats, [3, 3], "c")
     assert np.allclose(got, by_hand(feats, [[0], [1]]), atol=1e-6)
+
+
+def test_signed_power_is_applied_before_merging_and_traced():
+    feats, groups = features(), [[0, 1], [2]]
+    reducer = fit_pca(combine(feats, groups, power=0.5), 5)
+    head = FusionHead(groups, reducer, power=0.5)
+    got = fuse_features(head, feats, [6, 6, 4], "p")
+    assert np.allclose(got, by_hand(feats, groups, reducer, power=0.5), atol=1e-5)
+    assert not np.allclose(got, fuse_features(FusionHead(groups, reducer), feats, [6, 6, 4], "p"), atol=1e-3)
+    with torch.no_grad():
+        traced = torch.jit.trace(head, ([torch.from_numpy(f) for f in feats],))
+        assert np.allclose(traced([torch.from_numpy(f) for f in feats]).numpy(), got, atol=1e-5)

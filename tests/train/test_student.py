@@ -129,12 +129,17 @@ def test_teacher_identity_survives_a_refit_but_not_a_new_reducer(distilled_works
 
     runs = tmp_path / "runs"
     shutil.copytree(distilled_workspace / "members", runs / "members")
-    cfg = {"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone", "pca": 8, "fit_on": "index",
-           "workers": 0, "device": "cpu"}
+    cfg = {"name": "teach", "members": ["vit_a", "tvit"], "features": "backbone", "power": 0.5, "pca": 8,
+           "fit_on": "index", "workers": 0, "device": "cpu"}
     fuse(EnsembleCfg.model_validate(cfg), runs)  # same ensemble, another workspace path
     assert teacher_fingerprint(runs, "teach") == teacher_fingerprint(distilled_workspace, "teach")
     fuse(EnsembleCfg.model_validate({**cfg, "pca": 6}), runs)
     assert teacher_fingerprint(runs, "teach")[1] != teacher_fingerprint(distilled_workspace, "teach")[1]
+    concat = {**cfg, "name": "cat", "pca": None}
+    fuse(EnsembleCfg.model_validate(concat), runs)  # no reducer hash: the power alone tells them apart
+    rooted = teacher_fingerprint(runs, "cat")[1]
+    fuse(EnsembleCfg.model_validate({**concat, "power": 1.0}), runs)
+    assert teacher_fingerprint(runs, "cat")[1] != rooted
 
 
 def test_member_term_is_the_mean_cosine_distance_of_each_projector_to_its_member():

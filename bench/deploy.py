@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import median_seconds  # noqa: E402
-from update_benchmarks import record  # noqa: E402
+from update_benchmarks import machine, record  # noqa: E402
 
 from ensemble.budget import time_module  # noqa: E402
 from ensemble.config.load import load_data_cfg  # noqa: E402
@@ -136,7 +135,7 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ws = Workspace(Path(args.workdir))
     result = {"command": "python bench/deploy.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
+              "machine": machine(),
               "export": export_rows(ws, args.student, args.seconds),
               "gallery": gallery_rows(ws, args.student, Path(args.data)),
               "shards": shard_rows(ws, args.member, Path(args.data))}

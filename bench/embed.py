@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -151,7 +150,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    from update_benchmarks import record
+    from update_benchmarks import machine, record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (the models and forward passes run there)")
@@ -165,7 +164,7 @@ def main() -> None:
     paths = list(read_manifest(GROCERY / "index.csv").paths)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     result = {"command": "python bench/embed.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {gpu}",
+              "machine": machine(gpu),
               "model": "mnv1_grocery (MobileNet-v1, 224 px, backbone feature, channels_last)",
               "throughput": pipeline_vs_bare(v1, paths[:args.images], device),
               "decode": [decode_cost(paths[:300], s) for s in args.draft_sizes],

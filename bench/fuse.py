@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -87,18 +86,18 @@ def main() -> None:
     parser.add_argument("--out-dims", type=int, default=64)
     parser.add_argument("--sklearn", action="store_true", help="also run sklearn PCA (randomized) in memory")
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from update_benchmarks import machine, record
+
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:
         path = Path(tmp) / "features.npy"
         make_features(path, args.rows, args.dims)
         methods = ["ens"] + (["sklearn_randomized"] if args.sklearn else [])
         result = {"command": "python bench/fuse.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
-                  "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU",
+                  "machine": machine(),
                   "rows": args.rows, "dims": args.dims, "out_dims": args.out_dims,
                   "data_gb": path.stat().st_size / 2**30,
                   "methods": [in_child(m, path, args.out_dims) for m in methods]}
-    sys.path.insert(0, str(ROOT / "bench"))
-    from update_benchmarks import record
-
     record("fuse", result, "Fusion scale", write_table(result))
     print(write_table(result))
 

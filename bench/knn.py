@@ -9,8 +9,6 @@ argpartition), and the approximate search `ens eval` switches to above `--approx
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from datetime import date
@@ -52,7 +50,7 @@ def timed(fn) -> tuple[float, np.ndarray]:
 
 def main() -> None:
     from ensemble.evaluate.metrics import approx_knn, knn
-    from update_benchmarks import record
+    from update_benchmarks import machine, record
 
     rng = np.random.default_rng(0)
     query = unit_rows(5_000, 64, rng)
@@ -70,7 +68,7 @@ def main() -> None:
                          "ivf_recall_vs_exact": round(how["recall_vs_exact"], 4)})
         index = None  # free before the larger index
     result = {"command": "python bench/knn.py", "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU", "rows": rows}
+              "machine": machine(), "rows": rows}
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run. 5,000 random "
              "unit 64-d queries (Euclidean). IVF: train + add + search, recall of the exact top-k measured on "
              "200 queries; uniform random vectors have no clusters, the worst case for IVF.", "",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from datetime import date
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from update_benchmarks import record  # noqa: E402
+from update_benchmarks import machine, record  # noqa: E402
 
 from ensemble.config.load import load_data_cfg, load_member_cfg  # noqa: E402
 from ensemble.data.manifest import read_manifest  # noqa: E402
@@ -92,7 +91,7 @@ def main() -> None:
         row = kept.get((f"{name} ({arch}), untrained", size))
         rows.append(row or baseline(name, overrides, size, query, index))
     result = {"command": "python bench/multi_baselines.py" + " --keep" * bool(kept), "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
+              "machine": machine(),
               "queries": len(query), "index": len(index), "rows": rows}
     text = table(result)
     print(text)

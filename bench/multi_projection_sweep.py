@@ -13,9 +13,6 @@ and the "GUIE-mini projection sweep" table of BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import sys
 import time
 from datetime import date
@@ -25,14 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from multi_reducer_sweep import member_features, score  # noqa: E402
-from update_benchmarks import domain_table, record  # noqa: E402
+from multi_reducer_sweep import score, sweep_inputs  # noqa: E402
+from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.schema import ProjectionCfg  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
 from ensemble.fuse.learned import fit_projection  # noqa: E402
 from ensemble.fuse.reducer import fit_pca  # noqa: E402
-from ensemble.workspace.layout import Workspace  # noqa: E402
 
 RECIPE = {"neighbour_weight": 1.0, "neighbour_tau_teacher": 0.05, "lr": 3e-4}
 VARIANTS = [  # (power, ProjectionCfg settings, seeds)
@@ -64,30 +60,25 @@ def describe(power: float, settings: dict, seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs")
-    parser.add_argument("--ensemble", default="multi_cpu", help="its members' features are used")
-    args = parser.parse_args()
-    parts, manifests, blocks = member_features(Workspace.at(args.workdir), args.ensemble)
+    args, parts, manifests, blocks = sweep_inputs(__doc__.splitlines()[0])
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = list(manifests["train"].labels)
-    fused, rows = {}, []
+    fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows
     for power, settings, seeds in VARIANTS:
         if power not in fused:
             fused[power] = {s: combine(feats, groups, power) for s, feats in parts.items()}
-            fused[power]["start"] = fit_pca(fused[power]["train"], 64)
+            starts[power] = fit_pca(fused[power]["train"], 64)
         for seed in seeds:
             started = time.perf_counter()
-            reducer = fit_projection(fused[power]["train"], labels, fused[power]["start"], ProjectionCfg(**settings),
+            reducer = fit_projection(fused[power]["train"], labels, starts[power], ProjectionCfg(**settings),
                                      seed=seed)
             report = score({s: reducer.transform(fused[power][s]) for s in ("query", "index")}, manifests)
             rows.append({"variant": describe(power, settings, seed), "dim": 64, "macro_mP@5": report["macro_mP@5"],
                          "mP@5": report["mP@5"], "per_domain": report["per_domain"],
                          "seconds": round(time.perf_counter() - started, 1)})
             print(f"{rows[-1]['variant']}: macro {report['macro_mP@5']:.3f}", flush=True)
-    machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"
     result = {"command": f"python bench/multi_projection_sweep.py --ensemble {args.ensemble}",
-              "date": str(date.today()), "machine": machine, "rows": rows}
+              "date": str(date.today()), "machine": machine(), "rows": rows}
     record("multi_projection_sweep", result, "GUIE-mini projection sweep: settings of the learned 64-d projection",
            table(result))
 

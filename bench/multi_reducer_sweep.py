@@ -20,8 +20,6 @@ table of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from update_benchmarks import domain_table, record  # noqa: E402
+from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.load import load_data_cfg  # noqa: E402
 from ensemble.data.manifest import read_manifest  # noqa: E402
@@ -142,6 +140,15 @@ def member_features(ws: Workspace, ensemble: str) -> tuple[dict, dict, list[slic
     return parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
+def sweep_inputs(description: str) -> tuple[argparse.Namespace, dict, dict, list[slice]]:
+    """The command line of a sweep (--workdir, --ensemble) and `member_features` of that ensemble."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", default="runs")
+    parser.add_argument("--ensemble", default="multi_cpu", help="its members' features are swept")
+    args = parser.parse_args()
+    return args, *member_features(Workspace.at(args.workdir), args.ensemble)
+
+
 def score(emb: dict, manifests: dict) -> dict:
     q, x = manifests["query"], manifests["index"]
     return evaluate_embeddings(unit(emb["query"]), list(q.labels), unit(emb["index"]), list(x.labels),
@@ -149,11 +156,7 @@ def score(emb: dict, manifests: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs")
-    parser.add_argument("--ensemble", default="multi_cpu", help="its members' features are swept")
-    args = parser.parse_args()
-    parts, manifests, blocks = member_features(Workspace.at(args.workdir), args.ensemble)
+    args, parts, manifests, blocks = sweep_inputs(__doc__.splitlines()[0])
     model_groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = np.asarray(manifests["train"].labels)
     fused, fit_sets, rows = {}, {}, []
@@ -172,7 +175,7 @@ def main() -> None:
                      "seconds": round(time.perf_counter() - started, 1)})
         print(f"{name}: macro {report['macro_mP@5']:.3f}", flush=True)
     result = {"command": f"python bench/multi_reducer_sweep.py --ensemble {args.ensemble}", "date": str(date.today()),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU", "rows": rows}
+              "machine": machine(), "rows": rows}
     record("multi_reducer_sweep", result, "GUIE-mini reducer sweep: closed-form 64-d reducers on multi", table(result))
 
 

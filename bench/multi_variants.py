@@ -17,8 +17,6 @@ Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of B
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import sys
 import time
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from update_benchmarks import domain_table, record  # noqa: E402
+from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.commands.pipeline import load_pipeline_cfg, run_pipeline  # noqa: E402
 from ensemble.config.load import load_member_cfg, load_student_cfg  # noqa: E402
@@ -151,7 +149,7 @@ def main() -> None:
 
 def save(rows: list[dict], done: bool) -> str:
     result = {"command": "python bench/multi_variants.py", "date": str(date.today()), "complete": done,
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU", "rows": rows}
+              "machine": machine(), "rows": rows}
     text = table(result)
     record("multi_variants", result, "GUIE-mini variants: every option measured on multi", text)
     print(rows[-1]["step"], rows[-1]["variant"], f"macro {rows[-1]['macro_mP@5']:.3f}", flush=True)

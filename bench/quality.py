@@ -15,8 +15,6 @@ Writes bench/results/quality.json, quality_cross_domain.json and BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -187,10 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["grocery", "coil20"])
     args = parser.parse_args()
+    from update_benchmarks import machine
+
     torch.set_num_threads(2)
     results = {d: dataset_rows(d) for d in args.data}
     meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
-            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
+            "machine": machine()}
     publish("quality", "Retrieval quality", meta, results, [table(d, rows) for d, rows in results.items()],
             "Open-set query vs index, 224 px (coil20: 128 px), flip TTA; cost = all members x 2 flips for one "
             "image (median batch of 32 over >= 3 s; the exported row includes its resize). The exported row "

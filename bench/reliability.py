@@ -11,8 +11,6 @@ Writes bench/results/reliability.json and the "Reliability" table of BENCHMARKS.
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -68,11 +66,11 @@ def run_category(selectors: list[str]) -> dict:
 
 
 def main() -> None:
-    from update_benchmarks import record
+    from update_benchmarks import machine, record
 
     results = {name: run_category(selectors) for name, selectors in CATEGORIES.items()}
     meta = {"command": "python bench/reliability.py", "date": str(date.today()),
-            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU"}
+            "machine": machine()}
     lines = [f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. Each test case injects "
              "one fault or bad input and asserts the outcome (pixels, the one-line message, equal weights after "
              "resume); data lost = cases that failed.", "",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -11,6 +13,11 @@ from ensemble.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PATH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEvery table is written by a script in `bench/` (command, date and machine inside it).\n"
+
+
+def machine(accelerator: str = "no GPU") -> str:
+    """The machine line every result records: architecture, usable cores, accelerator."""
+    return f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {accelerator}"
 
 
 def update_section(title: str, body: str) -> None:

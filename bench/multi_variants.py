@@ -17,6 +17,7 @@ Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of B
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -68,6 +69,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("ensemble (3 members)", "PCA-64 fitted on 250 train images per domain", ENSEMBLE,
      ["projection=pca", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}", "power=1"]),
     ("student (EfficientNet-Lite0)", "recipe: fused 64-d target, train images, from lite0_multi", STUDENT, []),
+    ("student (EfficientNet-Lite0)", "+ batch similarity KL (sim_kl 1, temperature 0.05)", STUDENT,
+     ["loss.sim_kl=1.0"]),
+    ("student (EfficientNet-Lite0)", "distilled at 160 px (the eval size) instead of 128", STUDENT,
+     ["backbone.image_size=160"]),
+    ("student (EfficientNet-Lite0)", "backbone lr x0.3 instead of x0.1", STUDENT, ["optim.backbone_lr_scale=0.3"]),
+    ("student (EfficientNet-Lite0)", "+ ArcFace on the train labels (weight 0.5)", STUDENT, ["loss.arcface=0.5"]),
     ("student (MobileNet-v1)", "MobileNet-v1 from mnv1_multi, 2 epochs (the previous recipe)",
      "distill/cpu/mnv1_multi.yaml", []),
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", "distill/cpu/mnv1_multi.yaml",
@@ -79,6 +86,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
+RESULT = ROOT / "bench" / "results" / "multi_variants.json"
 
 
 def variant_name(recipe: str, overrides: list[str]) -> str:
@@ -119,7 +127,10 @@ def table(result: dict) -> str:
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
         "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
         "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
-        "training included only where it trained (a rerun reuses finished runs and only scores).",
+        "training included only where it trained (a rerun reuses finished runs and only scores)."
+        + (f" Only the rows whose step contains '{result['only']}' were run by this command, in a new "
+           "pipeline workspace; the others keep their numbers from the previous invocation."
+           if result.get("only") else ""),
         result["rows"], ["step", "variant"])
 
 
@@ -127,29 +138,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--no-lodo", action="store_true", help="skip the leave-domain-out pipeline")
+    parser.add_argument("--only", metavar="TEXT", help="run only the rows whose step contains TEXT (no "
+                        "leave-domain-out); the other rows keep their numbers from " + str(RESULT))
     args = parser.parse_args()
     ws = Workspace.at(args.workdir)
+    kept = previous_rows() if args.only else {}
     rows = []
     for step, variant, recipe, overrides in VARIANTS:
+        if args.only and args.only not in step:
+            if (step, variant) in kept:
+                rows.append(kept.pop((step, variant)))
+            continue
         started = time.perf_counter()
         spec, features = run_variant(ws, recipe, overrides)
         report = evaluate(spec, ws, str(DATA), features=features,
                           out=ws.reports_dir / "multi_variants" / f"{spec.replace(':', '_')}.json")
         rows.append(row(step, variant, report, time.perf_counter() - started))
-        save(rows, done=False)  # every finished row is kept, even if a later one is stopped
-    if not args.no_lodo:
+        save(rows, done=False, only=args.only)  # every finished row is kept, even if a later one is stopped
+    rows += kept.values()  # the leave-domain-out rows of an --only run
+    if not args.no_lodo and not args.only:
         started = time.perf_counter()
         summary = run_pipeline(load_pipeline_cfg(LODO), ws)
         seconds = (time.perf_counter() - started) / len(summary["rows"])
         for r in summary["rows"]:
             rows.append(row("leave-domain-out (no illustrations, dishes)", r["model"],
                             {"dim": r.get("dim", "-"), "model": r["model"], **r}, seconds))
-    print(save(rows, done=True))
+    print(save(rows, done=True, only=args.only))
 
 
-def save(rows: list[dict], done: bool) -> str:
-    result = {"command": "python bench/multi_variants.py", "date": str(date.today()), "complete": done,
-              "machine": machine(), "rows": rows}
+def previous_rows() -> dict[tuple[str, str], dict]:
+    """The rows of the last invocation, by (step, variant)."""
+    if not RESULT.is_file():
+        raise SystemExit(f"{RESULT}: --only keeps the other rows from here, but there is no such file; "
+                         "run the bench once without --only")
+    result = json.loads(RESULT.read_text())
+    return {(r["step"], r["variant"]): r for r in result["rows"]}
+
+
+def save(rows: list[dict], done: bool, only: str | None) -> str:
+    command = "python bench/multi_variants.py" + (f" --only '{only}'" if only else "")
+    result = {"command": command, "only": only, "date": str(date.today()), "complete": done, "machine": machine(),
+              "rows": rows}
     text = table(result)
     record("multi_variants", result, "GUIE-mini variants: every option measured on multi", text)
     print(rows[-1]["step"], rows[-1]["variant"], f"macro {rows[-1]['macro_mP@5']:.3f}", flush=True)

@@ -22,6 +22,12 @@ def signed_power(x: torch.Tensor, power: float) -> torch.Tensor:
     return x if power == 1.0 else torch.sign(x) * x.abs().pow(power)
 
 
+def power_identity(power: float) -> dict:
+    """The power's entry in a fingerprint: none at power 1, so fingerprints (galleries, teacher targets)
+    computed before the option existed stay valid."""
+    return {} if power == 1.0 else {"power": power}
+
+
 def merge_groups(features: list[torch.Tensor], groups: list[list[int]], power: float = 1.0) -> torch.Tensor:
     """Signed power of every feature, average the L2-normalised features inside each group,
     renormalise, concatenate the groups."""

@@ -23,6 +23,7 @@ from ..data.sampler import ShuffleSampler
 from ..distributed import barrier, world
 from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model
+from ..fuse.graph import power_identity
 from ..losses.margin import build_head
 from ..models.member import build_member_model
 from ..tasks.distill import DistillTask
@@ -59,7 +60,7 @@ def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) ->
     d = ens.description
     defining = {"members": ens.member_keys, "groups": ens.groups, "features": ens.features, "tta": d["tta"],
                 "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1"),
-                **({"power": ens.power} if ens.power != 1.0 else {})}  # absent before the option existed
+                **power_identity(ens.power)}
     return ens.name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
 

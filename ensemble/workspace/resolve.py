@@ -21,7 +21,7 @@ from ..embed.embedder import model_embedder
 from ..embed.extract import TTA, Embedder
 from ..errors import EnsError
 from ..fuse.combine import fuse_features
-from ..fuse.graph import EmbeddingGraph, FusionHead, MemberBranch
+from ..fuse.graph import EmbeddingGraph, FusionHead, MemberBranch, power_identity
 from ..hashing import file_sha1
 from .artifacts import EnsembleFile, ModelFile, member_file, read_ensemble, student_file
 from .layout import Workspace
@@ -113,8 +113,7 @@ class ResolvedModel:
         return {"kind": self.kind, "parts": [p.embedder.key for p in self.parts],
                 "groups": self.head.groups if self.head is not None else None,
                 "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe(),
-                # only when used, so galleries built before the option keep their identity
-                **({"power": self.head.power} if self.head is not None and self.head.power != 1.0 else {})}
+                **power_identity(self.head.power if self.head is not None else 1.0)}
 
     def graph(self) -> EmbeddingGraph:
         """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces

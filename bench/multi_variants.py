@@ -1,7 +1,7 @@
 """GUIE-mini variants: each option of the multi-domain work measured on multi, per domain.
 
     .venv/bin/ens pipeline configs/pipelines/multi_cpu.yaml      # first: the recipes themselves
-    .venv/bin/python bench/multi_variants.py [--workdir runs]
+    .venv/bin/python bench/multi_variants.py [--workdir runs] [--only 'student (EfficientNet-Lite0)' ...]
 
 Every variant is a shipped recipe with one change (its `--set` overrides in VARIANTS), trained or
 fitted through the library in the pipeline's workspace (so it reuses the pipeline's members,
@@ -11,7 +11,8 @@ ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu
 Nothing here is fitted on query or index images except the row labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
-Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md.
+Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
+--only, just the rows whose step contains one of the texts are run and the others are kept from that JSON.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from ensemble.workspace.layout import Workspace  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
-STUDENT = "distill/cpu/lite0_multi.yaml"
+STUDENT = "distill/cpu/lite0_multi_160.yaml"
+STUDENT_128 = "distill/cpu/lite0_multi.yaml"  # the previous student recipe: 128 px, backbone lr x0.1, no sim_kl
 # the ensemble recipe before the signed square root and the retuned projection (lr 3e-4, teacher tau 0.05)
 PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
@@ -68,13 +70,16 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["members=[lite0_multi]"]),
     ("ensemble (3 members)", "PCA-64 fitted on 250 train images per domain", ENSEMBLE,
      ["projection=pca", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}", "power=1"]),
-    ("student (EfficientNet-Lite0)", "recipe: fused 64-d target, train images, from lite0_multi", STUDENT, []),
-    ("student (EfficientNet-Lite0)", "+ batch similarity KL (sim_kl 1, temperature 0.05)", STUDENT,
+    ("student (EfficientNet-Lite0)", "recipe: fused 64-d target, train images, from lite0_multi; 160 px, "
+     "backbone lr x0.3, sim_kl 1", STUDENT, []),
+    ("student (EfficientNet-Lite0)", "previous recipe: 128 px, backbone lr x0.1, no sim_kl", STUDENT_128, []),
+    ("student (EfficientNet-Lite0)", "previous + batch similarity KL (sim_kl 1, temperature 0.05)", STUDENT_128,
      ["loss.sim_kl=1.0"]),
-    ("student (EfficientNet-Lite0)", "distilled at 160 px (the eval size) instead of 128", STUDENT,
+    ("student (EfficientNet-Lite0)", "previous, distilled at 160 px (the eval size)", STUDENT_128,
      ["backbone.image_size=160"]),
-    ("student (EfficientNet-Lite0)", "backbone lr x0.3 instead of x0.1", STUDENT, ["optim.backbone_lr_scale=0.3"]),
-    ("student (EfficientNet-Lite0)", "+ ArcFace on the train labels (weight 0.5)", STUDENT, ["loss.arcface=0.5"]),
+    ("student (EfficientNet-Lite0)", "previous, backbone lr x0.3", STUDENT_128, ["optim.backbone_lr_scale=0.3"]),
+    ("student (EfficientNet-Lite0)", "previous + ArcFace on the train labels (weight 0.5)", STUDENT_128,
+     ["loss.arcface=0.5"]),
     ("student (MobileNet-v1)", "MobileNet-v1 from mnv1_multi, 2 epochs (the previous recipe)",
      "distill/cpu/mnv1_multi.yaml", []),
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", "distill/cpu/mnv1_multi.yaml",
@@ -87,6 +92,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"
+LODO_STEP = "leave-domain-out (no illustrations, dishes)"
 
 
 def variant_name(recipe: str, overrides: list[str]) -> str:
@@ -128,8 +134,9 @@ def table(result: dict) -> str:
         "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
         "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
         "training included only where it trained (a rerun reuses finished runs and only scores)."
-        + (f" Only the rows whose step contains '{result['only']}' were run by this command, in a new "
-           "pipeline workspace; the others keep their numbers from the previous invocation."
+        + (f" Only the rows whose step contains {' or '.join(repr(t) for t in result['only'])} were run by "
+           "this command, in a new pipeline workspace; the other rows keep their numbers and s from the "
+           "previous invocation (bench/results/multi_variants.json), in an earlier workspace."
            if result.get("only") else ""),
         result["rows"], ["step", "variant"])
 
@@ -138,50 +145,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--no-lodo", action="store_true", help="skip the leave-domain-out pipeline")
-    parser.add_argument("--only", metavar="TEXT", help="run only the rows whose step contains TEXT (no "
-                        "leave-domain-out); the other rows keep their numbers from " + str(RESULT))
+    parser.add_argument("--only", metavar="TEXT", action="append", help="run only the rows whose step contains "
+                        "TEXT (repeatable; no leave-domain-out); the other rows keep their numbers from " + str(RESULT))
     args = parser.parse_args()
     ws = Workspace.at(args.workdir)
-    kept = previous_rows() if args.only else {}
-    rows = []
+    rows = previous_rows() if args.only else {}  # (step, variant) -> row; an --only run replaces some
     for step, variant, recipe, overrides in VARIANTS:
-        if args.only and args.only not in step:
-            if (step, variant) in kept:
-                rows.append(kept.pop((step, variant)))
+        if args.only and not any(text in step for text in args.only):
             continue
         started = time.perf_counter()
         spec, features = run_variant(ws, recipe, overrides)
         report = evaluate(spec, ws, str(DATA), features=features,
                           out=ws.reports_dir / "multi_variants" / f"{spec.replace(':', '_')}.json")
-        rows.append(row(step, variant, report, time.perf_counter() - started))
+        rows[step, variant] = row(step, variant, report, time.perf_counter() - started)
         save(rows, done=False, only=args.only)  # every finished row is kept, even if a later one is stopped
-    rows += kept.values()  # the leave-domain-out rows of an --only run
+        print(step, variant, f"macro {report['macro_mP@5']:.3f}", flush=True)
     if not args.no_lodo and not args.only:
         started = time.perf_counter()
         summary = run_pipeline(load_pipeline_cfg(LODO), ws)
         seconds = (time.perf_counter() - started) / len(summary["rows"])
         for r in summary["rows"]:
-            rows.append(row("leave-domain-out (no illustrations, dishes)", r["model"],
-                            {"dim": r.get("dim", "-"), "model": r["model"], **r}, seconds))
+            rows[LODO_STEP, r["model"]] = row(LODO_STEP, r["model"], {"dim": r.get("dim", "-"), **r}, seconds)
     print(save(rows, done=True, only=args.only))
 
 
 def previous_rows() -> dict[tuple[str, str], dict]:
-    """The rows of the last invocation, by (step, variant)."""
+    """The rows of the last invocation, by (step, variant); rows of variants no longer listed are dropped."""
     if not RESULT.is_file():
         raise SystemExit(f"{RESULT}: --only keeps the other rows from here, but there is no such file; "
                          "run the bench once without --only")
     result = json.loads(RESULT.read_text())
-    return {(r["step"], r["variant"]): r for r in result["rows"]}
+    listed = {(step, variant) for step, variant, _, _ in VARIANTS}
+    return {(r["step"], r["variant"]): r for r in result["rows"]
+            if (r["step"], r["variant"]) in listed or r["step"] == LODO_STEP}
 
 
-def save(rows: list[dict], done: bool, only: str | None) -> str:
-    command = "python bench/multi_variants.py" + (f" --only '{only}'" if only else "")
+def save(by_key: dict[tuple[str, str], dict], done: bool, only: list[str] | None) -> str:
+    """Write the rows (VARIANTS order, then leave-domain-out) to the JSON and BENCHMARKS.md."""
+    order = {(step, variant): i for i, (step, variant, _, _) in enumerate(VARIANTS)}
+    rows = sorted(by_key.values(), key=lambda r: order.get((r["step"], r["variant"]), len(order)))
+    command = " ".join(["python bench/multi_variants.py", *(f"--only '{text}'" for text in only or [])])
     result = {"command": command, "only": only, "date": str(date.today()), "complete": done, "machine": machine(),
               "rows": rows}
     text = table(result)
     record("multi_variants", result, "GUIE-mini variants: every option measured on multi", text)
-    print(rows[-1]["step"], rows[-1]["variant"], f"macro {rows[-1]['macro_mP@5']:.3f}", flush=True)
     return text
 
 

@@ -48,7 +48,9 @@ def test_two_process_training_equals_one_process(tmp_path, coil_data):
             # float noise into lr-sized steps that differ with the summation order; compare q and v
             n = x.numel() // 3
             x, y = torch.cat([x[:n], x[2 * n:]]), torch.cat([y[:n], y[2 * n:]])
-        assert torch.allclose(x, y, atol=1e-5), k
+        # 1e-4: a tenth of one backbone Adam step (lr 1e-3), so a wrong split of the batches fails;
+        # the summation order alone moved the last block's value weights by 1.5e-5 on one CPU
+        assert torch.allclose(x, y, atol=1e-4), k
     lines = (tmp_path / "two" / "members" / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3  # rank 0 alone writes the log
 

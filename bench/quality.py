@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from update_benchmarks import machine, record
+
 from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg
 from ensemble.data.manifest import read_manifest
 from ensemble.deploy.export import export_or_reuse
@@ -185,8 +187,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["grocery", "coil20"])
     args = parser.parse_args()
-    from update_benchmarks import machine
-
     torch.set_num_threads(2)
     results = {d: dataset_rows(d) for d in args.data}
     meta = {"command": "python bench/quality.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
@@ -206,8 +206,6 @@ def main() -> None:
 
 def publish(name: str, title: str, meta: dict, results: dict, tables: list[str], description: str) -> None:
     """Write bench/results/<name>.json and the BENCHMARKS.md section `title`, and print it."""
-    from update_benchmarks import record
-
     body = "\n\n".join([f"Command: `{meta['command']}` — {meta['date']}, {meta['machine']}, one run. {description}",
                          *tables])
     record(name, {**meta, "results": results}, title, body)

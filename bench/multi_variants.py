@@ -7,7 +7,8 @@ Every variant is a shipped recipe with one change (its `--set` overrides in VARI
 fitted through the library in the pipeline's workspace (so it reuses the pipeline's members,
 ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs the shared index,
 flip TTA, the recipe's eval size). Members are scored on their pooled backbone feature (what the
-ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs last.
+ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs last;
+its WiSE-FT rows retrain its three members with `backbone.wise_ft=0.5` and fuse them with its recipe.
 Nothing here is fitted on query or index images except the row labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
@@ -43,6 +44,8 @@ from ensemble.workspace.layout import Workspace  # noqa: E402
 DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
 STUDENT = "distill/cpu/lite0_multi_160.yaml"
+LODO_ENSEMBLE = "configs/ensemble/multi_lodo_cpu.yaml"
+LODO_WISE_STEP = "leave-domain-out (no illustrations, dishes), WiSE-FT 0.5 members"
 STUDENT_128 = "distill/cpu/lite0_multi.yaml"  # the previous student recipe: 128 px, backbone lr x0.1, no sim_kl
 # the ensemble recipe before the signed square root and the retuned projection (lr 3e-4, teacher tau 0.05)
 PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
@@ -89,6 +92,19 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
+    ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
+     "members/cpu/lite0_multi.yaml", []),
+    ("member (EfficientNet-Lite0)", "longer (lite0_multi_long): 160 px, 1 epoch head + 6 epochs all",
+     "members/cpu/lite0_multi_long.yaml", []),
+    ("member (EfficientNet-Lite0)", "longer still: 160 px, 1 epoch head + 12 epochs all",
+     "members/cpu/lite0_multi_long.yaml",
+     ["stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]", "name=lite0_multi_long_12ep"]),
+    ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
+     "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
+    *[(LODO_WISE_STEP, f"{family}_lodo + WiSE-FT 0.5", f"members/cpu/{family}_lodo.yaml", ["backbone.wise_ft=0.5"])
+      for family in ("mnv1", "mnv2", "lite0")],
+    (LODO_WISE_STEP, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
+     ["members=[mnv1_lodo__wise_ft-0.5,mnv2_lodo__wise_ft-0.5,lite0_lodo__wise_ft-0.5]", "name=multi_lodo_wise"]),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"
@@ -96,8 +112,11 @@ LODO_STEP = "leave-domain-out (no illustrations, dishes)"
 
 
 def variant_name(recipe: str, overrides: list[str]) -> str:
-    """The shipped name for the recipe itself, else stem + a suffix from the overrides."""
+    """A `name=` override, else the shipped name for the recipe itself, else stem + a suffix from the overrides."""
     stem = Path(recipe).stem
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("name=")]
+    if named:
+        return named[-1]
     if not overrides:
         return stem
     def short(override: str) -> str:  # "a.b.key=value" -> "key-value" (a path value -> its file stem)
@@ -111,7 +130,7 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
 def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, str | None]:
     """Train or fit the variant (reusing finished work); returns (MODEL spec, member feature)."""
     name, path = variant_name(recipe, overrides), ROOT / recipe
-    if recipe == ENSEMBLE:
+    if recipe.startswith("configs/ensemble/"):
         fuse_or_reuse(ensemble_cfg(ws, str(path), [*overrides, f"name={name}"]), ws)
         return f"ensemble:{name}", None
     sets = [*overrides, f"name={name}", "eval.enabled=false"]

@@ -74,12 +74,18 @@ def check_same_recipe(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume from a checkpoint written by a different recipe. A key only one side has
     counts as the same when it is off there (null, false, 0, {}): an option added to the recipes
     after a run was trained, at its off default, does not orphan that run."""
-    a, b = _flat(saved), _flat(current)
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not _added_off(k, a, b))
+    differ = recipe_differences(saved, current)
     if differ:
+        a, b = _flat(saved), _flat(current)
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:3])
         raise EnsError(f"{path}: checkpoint was written by a different recipe ({shown}); "
                        "use another name or delete the run folder")
+
+
+def recipe_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys where two recipe keys differ (a key only one side has, at its off value, does not)."""
+    a, b = _flat(saved), _flat(current)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not _added_off(k, a, b))
 
 
 def _added_off(key: str, a: dict, b: dict) -> bool:

@@ -18,7 +18,8 @@ from ..tasks.classify import ClassifyTask
 from ..workspace.artifacts import load_model_file
 from ..workspace.layout import MODEL_FILE, Workspace
 from .data import TrainData, train_data
-from .run import TrainJob, recipe_key, run_training
+from .recipe import recipe_key
+from .run import TrainJob, run_training
 from .rundir import cached_result, run_lock
 from .warm_start import init_from_member
 

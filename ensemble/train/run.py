@@ -27,18 +27,9 @@ from ..workspace.layout import MODEL_FILE
 from .data import loader_factory
 from .loop import RunSpec, Trainer
 from .rundir import check_recipe, check_resume_recipe
+from .wise_ft import derive_wise_ft, find_fine_tuned, interpolate
 
 log = logging.getLogger("ensemble")
-NOT_DEFINING = {"loader": True, "eval": True, "device": True, "name": True, "data": True, "teacher": True,
-                "backbone": {"channels_last"}}
-
-
-def recipe_key(cfg: MemberCfg, **inputs: str) -> dict:
-    """What defines a run's weights: its recipe without loader/eval/device keys, plus the content
-    hashes of its inputs (train manifest; distill manifest and teacher)."""
-    return {**cfg.model_dump(mode="json", exclude=NOT_DEFINING), **inputs}
-
-
 @dataclass
 class TrainJob:
     """One member or student run, as the shared orchestration sees it."""
@@ -59,15 +50,6 @@ class TrainJob:
         return self.run_dir / MODEL_FILE
 
 
-def interpolate(module: torch.nn.Module, start: dict, weight: float) -> None:
-    """WiSE-FT: floating-point weights become (1 - weight) x start + weight x now (buffers' counts kept)."""
-    state = module.state_dict()
-    with torch.no_grad():
-        for key, value in state.items():
-            if value.is_floating_point():
-                value.copy_(torch.lerp(start[key].to(value.device, value.dtype), value, weight))
-
-
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it)."""
     if not check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key):
@@ -86,6 +68,9 @@ def run_training(job: TrainJob) -> bool:
     check_resume_recipe(job.run_dir, job.kind, job.recipe_key)  # before config.yaml is overwritten
     if w.main:
         atomic_write_text(job.run_dir / "config.yaml", dump_cfg(cfg))
+    found = find_fine_tuned(job)
+    if found:
+        return save_trained(job, derive_wise_ft(job, *found), found[1].get("failed_images") or {})
     torch.manual_seed(cfg.seed)
     task = job.build_task()
     bb = task.model.backbone
@@ -102,11 +87,16 @@ def run_training(job: TrainJob) -> bool:
     fails.check(final=True)
     if start is not None:
         interpolate(bb, start, cfg.backbone.wise_ft)
-    if not w.main:  # rank 0 saves and evaluates
+    return save_trained(job, task.model, fails.failed)
+
+
+def save_trained(job: TrainJob, model: torch.nn.Module, failed_images: dict) -> bool:
+    """Rank 0 writes the model file (and the unreadable train images); True there."""
+    if not world().main:  # rank 0 saves and evaluates
         return False
-    task.model.cpu()
-    save_model(job.model_path, task.model, cfg, job.recipe_key, kind=f"{job.kind}_model", **job.model_extra,
-               failed_images=fails.failed)
-    if fails.failed:
-        atomic_write_json(job.run_dir / "failed_images.json", fails.failed)
+    model.cpu()
+    save_model(job.model_path, model, job.cfg, job.recipe_key, kind=f"{job.kind}_model", **job.model_extra,
+               failed_images=failed_images)
+    if failed_images:
+        atomic_write_json(job.run_dir / "failed_images.json", failed_images)
     return True

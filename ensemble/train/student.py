@@ -31,7 +31,8 @@ from ..workspace.artifacts import load_model_file, read_ensemble
 from ..workspace.layout import MODEL_FILE, Workspace
 from ..workspace.resolve import resolve_model
 from .data import distill_manifest
-from .run import TrainJob, recipe_key, run_training
+from .recipe import recipe_key
+from .run import TrainJob, run_training
 from .rundir import cached_result, run_lock
 from .warm_start import fit_neck, init_from_member
 

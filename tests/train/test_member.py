@@ -237,6 +237,29 @@ def test_wise_ft_saves_the_interpolation_of_start_and_fine_tuned_backbones(tmp_p
     assert not torch.allclose(mixed.backbone.tower.conv1.weight, tuned.backbone.tower.conv1.weight)
 
 
+def test_wise_ft_of_an_already_trained_run_interpolates_it_without_training(tmp_path, coil_data, monkeypatch):
+    sets = ["eval.enabled=false", "stages=[{train: [all], epochs: 1}]"]
+    recipe = tiny_recipe(tmp_path, coil_data)
+    wise = load_member_cfg(recipe, [*sets, "backbone.wise_ft=0.25", "name=tiny_wise"])
+    train_member(wise, tmp_path / "b")  # trained with wise_ft: nothing to reuse in this workspace
+    train_member(load_member_cfg(recipe, sets), tmp_path / "a")
+
+    def no_training(self):
+        raise Killed("trained")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    train_member(wise, tmp_path / "a")  # the same recipe without wise_ft is trained there: derived from it
+    derived = load_model_file(tmp_path / "a" / "members" / "tiny_wise" / "best.pt")
+    trained = load_model_file(tmp_path / "b" / "members" / "tiny_wise" / "best.pt")
+    assert derived.recipe_key == trained.recipe_key and derived.extra["labels"] == trained.extra["labels"]
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(derived.model.state_dict()[key], value), key
+    assert (tmp_path / "a" / "members" / "tiny_wise" / "config.yaml").is_file()
+    other = load_member_cfg(recipe, [*sets, "backbone.wise_ft=0.25", "optim.lr=0.5", "name=tiny_wise_lr"])
+    with pytest.raises(Killed):  # another recipe underneath: no fine-tuned run to reuse, so it trains
+        train_member(other, tmp_path / "a")
+
+
 def test_multi_domain_options_train_through_the_real_path(tmp_path, coil_data):
     """head.per_domain and sampler.domain_alpha on a train set with two domains."""
     import csv

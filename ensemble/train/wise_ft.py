@@ -1,0 +1,80 @@
+"""WiSE-FT (Wortsman et al., 2022): the saved backbone interpolates its starting and fine-tuned weights.
+
+A run with `backbone.wise_ft` trains exactly as the same recipe without it and interpolates at the
+end. So where that run is already trained in the workspace, the interpolation alone writes the
+same model file: a sweep over the weight costs seconds per value instead of a training run each.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import yaml
+
+from ..checkpoint import load_checkpoint
+from ..errors import EnsError
+from ..workspace.layout import MODEL_FILE
+from .loop import recipe_differences
+from .recipe import defining
+
+if TYPE_CHECKING:
+    from .run import TrainJob
+
+log = logging.getLogger("ensemble")
+
+
+def interpolate(module: torch.nn.Module, start: dict, weight: float) -> None:
+    """WiSE-FT: floating-point weights become (1 - weight) x start + weight x now (buffers' counts kept)."""
+    state = module.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            if value.is_floating_point():
+                value.copy_(torch.lerp(start[key].to(value.device, value.dtype), value, weight))
+
+
+def fine_tuned_key(key: dict) -> dict:
+    """The recipe key of the same run without WiSE-FT."""
+    return {**key, "backbone": {**key["backbone"], "wise_ft": None}}
+
+
+def find_fine_tuned(job: TrainJob) -> tuple[Path, dict] | None:
+    """(model file, its payload) of a run in the job's workspace trained by the job's recipe without
+    WiSE-FT, or None. Only model files whose config.yaml matches are loaded (a workspace may hold
+    many large members)."""
+    if not job.cfg.backbone.wise_ft:
+        return None
+    want = fine_tuned_key(job.recipe_key)
+    for config in sorted(job.run_dir.parent.glob("*/config.yaml")):
+        model = config.parent / MODEL_FILE
+        if config.parent == job.run_dir or not model.is_file():
+            continue
+        try:
+            saved = yaml.safe_load(config.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(saved, dict) or recipe_differences({**want, **defining(saved)}, want):
+            continue
+        try:
+            payload = load_checkpoint(model, kind=f"{job.kind}_model")
+        except EnsError:
+            continue
+        if not recipe_differences(payload["recipe_key"], want):
+            return model, payload
+    return None
+
+
+def derive_wise_ft(job: TrainJob, source: Path, payload: dict) -> torch.nn.Module:
+    """The job's model built as training would build it (same seed, so the same starting weights),
+    loaded with the fine-tuned weights of `source`, its backbone interpolated by `backbone.wise_ft`."""
+    weight = job.cfg.backbone.wise_ft
+    log.info("%s %s: WiSE-FT %s of %s (the same recipe without wise_ft, already trained); no training",
+             job.kind, job.cfg.name, weight, source)
+    torch.manual_seed(job.cfg.seed)
+    model = job.build_task().model
+    start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    model.load_state_dict(payload["model"])
+    interpolate(model.backbone, start, weight)
+    return model

@@ -7,13 +7,17 @@ Every variant is a shipped recipe with one change (its `--set` overrides in VARI
 fitted through the library in the pipeline's workspace (so it reuses the pipeline's members,
 ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs the shared index,
 flip TTA, the recipe's eval size). Members are scored on their pooled backbone feature (what the
-ensemble fuses). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs last;
-its WiSE-FT rows retrain its three members with `backbone.wise_ft=0.5` and fuse them with its recipe.
+ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
+interpolate it (no training). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml)
+runs first (its rows are listed last); its WiSE-FT rows take its three members with
+`backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain members are not in the workspace,
+as under --only) and fuse them with its recipe.
 Nothing here is fitted on query or index images except the row labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
---only, just the rows whose step contains one of the texts are run and the others are kept from that JSON.
+--only, just the rows whose step or variant contains one of the texts are run and the others are
+kept from that JSON.
 """
 
 from __future__ import annotations
@@ -45,10 +49,46 @@ DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
 STUDENT = "distill/cpu/lite0_multi_160.yaml"
 LODO_ENSEMBLE = "configs/ensemble/multi_lodo_cpu.yaml"
-LODO_WISE_STEP = "leave-domain-out (no illustrations, dishes), WiSE-FT 0.5 members"
 STUDENT_128 = "distill/cpu/lite0_multi.yaml"  # the previous student recipe: 128 px, backbone lr x0.1, no sim_kl
 # the ensemble recipe before the signed square root and the retuned projection (lr 3e-4, teacher tau 0.05)
 PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
+STAGES_12 = "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]"
+WISE_12 = (0.5, 0.7, 0.85)  # WiSE-FT weights swept on the 12-epoch Lite0 member
+WISE_LITE2 = (0.7, 0.85)  # and on the Lite2 member
+
+
+def variant_name(recipe: str, overrides: list[str]) -> str:
+    """A `name=` override, else the shipped name for the recipe itself, else stem + a suffix from the overrides."""
+    stem = Path(recipe).stem
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("name=")]
+    if named:
+        return named[-1]
+    if not overrides:
+        return stem
+    def short(override: str) -> str:  # "a.b.key=value" -> "key-value" (a path value -> its file stem)
+        key, value = override.split("=", 1)
+        return key.split(".")[-1] + "-" + (Path(value).stem if "/" in value else value)
+
+    suffix = "_".join(short(o) for o in overrides)
+    return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
+
+
+def lodo_wise_rows(weight: float, concat: bool = False) -> list[tuple[str, str, str, list[str]]]:
+    """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
+    the leave-domain-out ensemble recipe on them and (`concat`) their concatenation without projection."""
+    step = f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members"
+    families = ("mnv1", "mnv2", "lite0")
+    rows = [(step, f"{f}_lodo + WiSE-FT {weight}", f"members/cpu/{f}_lodo.yaml", [f"backbone.wise_ft={weight}"])
+            for f in families]
+    members = ",".join(variant_name(recipe, sets) for _, _, recipe, sets in rows)
+    suffix = "" if weight == 0.5 else f"_{weight}"  # the 0.5 ensemble was fitted under the plain name
+    return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
+                    [f"members=[{members}]", f"name=multi_lodo_wise{suffix}"]),
+            *([(step, "the three, signed sqrt concatenation (no 64-d projection)", LODO_ENSEMBLE,
+                [f"members=[{members}]", "projection=pca", "pca=null", f"name=multi_lodo_wise{suffix}_concat"])]
+              if concat else [])]
+
+
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: signed sqrt, learned-64 (train labels + neighbour term), fitted on train",
      ENSEMBLE, []),
@@ -98,33 +138,21 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "members/cpu/lite0_multi_long.yaml", []),
     ("member (EfficientNet-Lite0)", "longer still: 160 px, 1 epoch head + 12 epochs all",
      "members/cpu/lite0_multi_long.yaml",
-     ["stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]", "name=lite0_multi_long_12ep"]),
+     [STAGES_12, "name=lite0_multi_long_12ep"]),
+    *[("member (EfficientNet-Lite0)", f"longer still + WiSE-FT {w} (the 12-epoch run interpolated with its "
+       "pretrained backbone; no training)", "members/cpu/lite0_multi_long.yaml",
+       [STAGES_12, f"backbone.wise_ft={w}", f"name=lite0_multi_long_12ep_wise{w}"]) for w in WISE_12],
+    ("member (EfficientNet-Lite2)", "lite2_multi: the lite0_multi_long recipe on Lite2, 224 px, eval 260 px",
+     "members/cpu/lite2_multi.yaml", []),
+    *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",
+       "members/cpu/lite2_multi.yaml", [f"backbone.wise_ft={w}", f"name=lite2_multi_wise{w}"]) for w in WISE_LITE2],
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
-    *[(LODO_WISE_STEP, f"{family}_lodo + WiSE-FT 0.5", f"members/cpu/{family}_lodo.yaml", ["backbone.wise_ft=0.5"])
-      for family in ("mnv1", "mnv2", "lite0")],
-    (LODO_WISE_STEP, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
-     ["members=[mnv1_lodo__wise_ft-0.5,mnv2_lodo__wise_ft-0.5,lite0_lodo__wise_ft-0.5]", "name=multi_lodo_wise"]),
+    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"
 LODO_STEP = "leave-domain-out (no illustrations, dishes)"
-
-
-def variant_name(recipe: str, overrides: list[str]) -> str:
-    """A `name=` override, else the shipped name for the recipe itself, else stem + a suffix from the overrides."""
-    stem = Path(recipe).stem
-    named = [o.split("=", 1)[1] for o in overrides if o.startswith("name=")]
-    if named:
-        return named[-1]
-    if not overrides:
-        return stem
-    def short(override: str) -> str:  # "a.b.key=value" -> "key-value" (a path value -> its file stem)
-        key, value = override.split("=", 1)
-        return key.split(".")[-1] + "-" + (Path(value).stem if "/" in value else value)
-
-    suffix = "_".join(short(o) for o in overrides)
-    return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 
 def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, str | None]:
@@ -151,10 +179,11 @@ def table(result: dict) -> str:
     return domain_table(
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
         "of `ens pipeline configs/pipelines/multi_cpu.yaml`. configs/data/multi.yaml: 888 queries against "
-        "one shared index of 3,626 images, flip TTA, 160 px. s: seconds this invocation spent on the row, "
+        "one shared index of 3,626 images, flip TTA, each recipe's eval size (160 px; Lite2 260 px). "
+        "s: seconds this invocation spent on the row, "
         "training included only where it trained (a rerun reuses finished runs and only scores)."
-        + (f" Only the rows whose step contains {' or '.join(repr(t) for t in result['only'])} were run by "
-           "this command, in a new pipeline workspace; the other rows keep their numbers and s from the "
+        + (f" Only the rows whose step or variant contains {' or '.join(repr(t) for t in result['only'])} were run by "
+           "this command, in another workspace; the other rows keep their numbers and s from the "
            "previous invocation (bench/results/multi_variants.json), in an earlier workspace."
            if result.get("only") else ""),
         result["rows"], ["step", "variant"])
@@ -164,13 +193,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--no-lodo", action="store_true", help="skip the leave-domain-out pipeline")
-    parser.add_argument("--only", metavar="TEXT", action="append", help="run only the rows whose step contains "
-                        "TEXT (repeatable; no leave-domain-out); the other rows keep their numbers from " + str(RESULT))
+    parser.add_argument("--only", metavar="TEXT", action="append", help="run only the rows whose step or variant "
+                        "contains TEXT (repeatable; no leave-domain-out); the other rows keep their numbers "
+                        "from " + str(RESULT))
     args = parser.parse_args()
     ws = Workspace.at(args.workdir)
     rows = previous_rows() if args.only else {}  # (step, variant) -> row; an --only run replaces some
+    lodo = {}  # the leave-domain-out pipeline first: its members are what the WiSE-FT rows interpolate
+    if not args.no_lodo and not args.only:
+        started = time.perf_counter()
+        summary = run_pipeline(load_pipeline_cfg(LODO), ws)
+        seconds = (time.perf_counter() - started) / len(summary["rows"])
+        lodo = {(LODO_STEP, r["model"]): row(LODO_STEP, r["model"], {"dim": r.get("dim", "-"), **r}, seconds)
+                for r in summary["rows"]}
     for step, variant, recipe, overrides in VARIANTS:
-        if args.only and not any(text in step for text in args.only):
+        if args.only and not any(text in step or text in variant for text in args.only):
             continue
         started = time.perf_counter()
         spec, features = run_variant(ws, recipe, overrides)
@@ -179,12 +216,7 @@ def main() -> None:
         rows[step, variant] = row(step, variant, report, time.perf_counter() - started)
         save(rows, done=False, only=args.only)  # every finished row is kept, even if a later one is stopped
         print(step, variant, f"macro {report['macro_mP@5']:.3f}", flush=True)
-    if not args.no_lodo and not args.only:
-        started = time.perf_counter()
-        summary = run_pipeline(load_pipeline_cfg(LODO), ws)
-        seconds = (time.perf_counter() - started) / len(summary["rows"])
-        for r in summary["rows"]:
-            rows[LODO_STEP, r["model"]] = row(LODO_STEP, r["model"], {"dim": r.get("dim", "-"), **r}, seconds)
+    rows.update(lodo)
     print(save(rows, done=True, only=args.only))
 
 

@@ -1,5 +1,6 @@
 """The orchestration members and students share: claim the run folder, check the recipe, train
-(resuming), save the self-describing model file, record unreadable images.
+(resuming) or, for a WiSE-FT variant of a finished run, interpolate that run (train/wise_ft.py), save
+the self-describing model file, record unreadable images.
 
 What differs between them is data: a `TrainJob` names the images, targets, sampler, task and the
 records to keep; `train_member` and `distill` only build one.
@@ -27,9 +28,11 @@ from ..workspace.layout import MODEL_FILE
 from .data import loader_factory
 from .loop import RunSpec, Trainer
 from .rundir import check_recipe, check_resume_recipe
-from .wise_ft import derive_wise_ft, find_fine_tuned, interpolate
+from .wise_ft import derive_wise_ft, find_fine_tuned, inherit_records, interpolate
 
 log = logging.getLogger("ensemble")
+
+
 @dataclass
 class TrainJob:
     """One member or student run, as the shared orchestration sees it."""
@@ -70,7 +73,10 @@ def run_training(job: TrainJob) -> bool:
         atomic_write_text(job.run_dir / "config.yaml", dump_cfg(cfg))
     found = find_fine_tuned(job)
     if found:
-        return save_trained(job, derive_wise_ft(job, *found), found[1].get("failed_images") or {})
+        model = derive_wise_ft(job, *found)
+        if w.main:
+            inherit_records(found[0], job.run_dir)
+        return save_trained(job, model, found[1].get("failed_images") or {})
     torch.manual_seed(cfg.seed)
     task = job.build_task()
     bb = task.model.backbone

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import yaml
 
+from ..atomic import atomic_write_text
 from ..checkpoint import load_checkpoint
 from ..errors import EnsError
 from ..workspace.layout import MODEL_FILE
 from .loop import recipe_differences
 from .recipe import defining
-
-if TYPE_CHECKING:
-    from .run import TrainJob
 
 log = logging.getLogger("ensemble")
 
@@ -40,10 +37,10 @@ def fine_tuned_key(key: dict) -> dict:
     return {**key, "backbone": {**key["backbone"], "wise_ft": None}}
 
 
-def find_fine_tuned(job: TrainJob) -> tuple[Path, dict] | None:
-    """(model file, its payload) of a run in the job's workspace trained by the job's recipe without
-    WiSE-FT, or None. Only model files whose config.yaml matches are loaded (a workspace may hold
-    many large members)."""
+def find_fine_tuned(job) -> tuple[Path, dict] | None:
+    """(model file, its payload) of a run in the workspace of `job` (a TrainJob) trained by the
+    job's recipe without WiSE-FT, or None. Only model files whose config.yaml matches are loaded (a
+    workspace may hold many large members)."""
     if not job.cfg.backbone.wise_ft:
         return None
     want = fine_tuned_key(job.recipe_key)
@@ -66,9 +63,10 @@ def find_fine_tuned(job: TrainJob) -> tuple[Path, dict] | None:
     return None
 
 
-def derive_wise_ft(job: TrainJob, source: Path, payload: dict) -> torch.nn.Module:
-    """The job's model built as training would build it (same seed, so the same starting weights),
-    loaded with the fine-tuned weights of `source`, its backbone interpolated by `backbone.wise_ft`."""
+def derive_wise_ft(job, source: Path, payload: dict) -> torch.nn.Module:
+    """The model of `job` (a TrainJob) built as training would build it (same seed, so the same
+    starting weights), loaded with the fine-tuned weights of `source`, its backbone interpolated by
+    `backbone.wise_ft`."""
     weight = job.cfg.backbone.wise_ft
     log.info("%s %s: WiSE-FT %s of %s (the same recipe without wise_ft, already trained); no training",
              job.kind, job.cfg.name, weight, source)
@@ -78,3 +76,10 @@ def derive_wise_ft(job: TrainJob, source: Path, payload: dict) -> torch.nn.Modul
     model.load_state_dict(payload["model"])
     interpolate(model.backbone, start, weight)
     return model
+
+
+def inherit_records(source: Path, run_dir: Path) -> None:
+    """The derived run's training records are its source's (metrics.jsonl): that training made it."""
+    records = source.parent / "metrics.jsonl"
+    if records.is_file():
+        atomic_write_text(run_dir / "metrics.jsonl", records.read_text())

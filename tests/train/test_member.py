@@ -255,6 +255,8 @@ def test_wise_ft_of_an_already_trained_run_interpolates_it_without_training(tmp_
     for key, value in trained.model.state_dict().items():
         assert torch.equal(derived.model.state_dict()[key], value), key
     assert (tmp_path / "a" / "members" / "tiny_wise" / "config.yaml").is_file()
+    records = (tmp_path / "a" / "members" / "tiny_wise" / "metrics.jsonl").read_text()
+    assert records and records == (tmp_path / "a" / "members" / "tiny" / "metrics.jsonl").read_text()
     other = load_member_cfg(recipe, [*sets, "backbone.wise_ft=0.25", "optim.lr=0.5", "name=tiny_wise_lr"])
     with pytest.raises(Killed):  # another recipe underneath: no fine-tuned run to reuse, so it trains
         train_member(other, tmp_path / "a")

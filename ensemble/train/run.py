@@ -28,7 +28,7 @@ from ..workspace.layout import MODEL_FILE
 from .data import loader_factory
 from .loop import RunSpec, Trainer
 from .rundir import check_recipe, check_resume_recipe
-from .wise_ft import derive_wise_ft, find_fine_tuned, inherit_records, interpolate
+from .wise_ft import derive_wise_ft, find_fine_tuned, inherit_records, interpolate, snapshot
 
 log = logging.getLogger("ensemble")
 
@@ -88,7 +88,7 @@ def run_training(job: TrainJob) -> bool:
                    make_loader=loader_factory(cfg, dataset, job.sampler), on_batch=fails.update,
                    nonfinite=cfg.loader.nonfinite, channels_last=cfg.backbone.channels_last,
                    extra=job.checkpoint_extra)
-    start = {k: v.detach().clone() for k, v in bb.state_dict().items()} if cfg.backbone.wise_ft else None
+    start = snapshot(bb) if cfg.backbone.wise_ft else None
     Trainer(task, spec).fit()
     fails.check(final=True)
     if start is not None:

@@ -32,6 +32,11 @@ def interpolate(module: torch.nn.Module, start: dict, weight: float) -> None:
                 value.copy_(torch.lerp(start[key].to(value.device, value.dtype), value, weight))
 
 
+def snapshot(module: torch.nn.Module) -> dict:
+    """A copy of the module's weights as they are now: the start WiSE-FT interpolates from."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def fine_tuned_key(key: dict) -> dict:
     """The recipe key of the same run without WiSE-FT."""
     return {**key, "backbone": {**key["backbone"], "wise_ft": None}}
@@ -72,7 +77,7 @@ def derive_wise_ft(job, source: Path, payload: dict) -> torch.nn.Module:
              job.kind, job.cfg.name, weight, source)
     torch.manual_seed(job.cfg.seed)
     model = job.build_task().model
-    start = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    start = snapshot(model.backbone)
     model.load_state_dict(payload["model"])
     interpolate(model.backbone, start, weight)
     return model

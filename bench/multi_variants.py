@@ -6,7 +6,8 @@
 Every variant is a shipped recipe with one change (its `--set` overrides in VARIANTS), trained or
 fitted through the library in the pipeline's workspace (so it reuses the pipeline's members,
 ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs the shared index,
-flip TTA, the recipe's eval size). Members are scored on their pooled backbone feature (what the
+flip TTA, the recipe's eval size; a row with the bench-only `eval_px=N` scores the same trained model at
+N px instead). Members are scored on their pooled backbone feature (what the
 ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
 interpolate it (no training). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml)
 runs first (its rows are listed last); its WiSE-FT rows take its three members with
@@ -23,6 +24,7 @@ kept from that JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -44,6 +46,7 @@ from ensemble.fuse.fit import fuse_or_reuse  # noqa: E402
 from ensemble.train.member import train_member  # noqa: E402
 from ensemble.train.student import distill  # noqa: E402
 from ensemble.workspace.layout import Workspace  # noqa: E402
+from ensemble.workspace.resolve import ResolvedModel, resolve_model  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
 MEMBER, ENSEMBLE = "members/cpu/mnv1_multi.yaml", "configs/ensemble/multi_cpu.yaml"
@@ -55,6 +58,8 @@ PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
 STAGES_12 = "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]"
 WISE_12 = (0.5, 0.7, 0.85)  # WiSE-FT weights swept on the 12-epoch Lite0 member
 WISE_LITE2 = (0.7, 0.85)  # and on the Lite2 member
+TWO_BEST = "lite2_multi,lite0_multi_long_12ep"  # the strongest Lite2 and Lite0 members
+EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
 def variant_name(recipe: str, overrides: list[str]) -> str:
@@ -73,9 +78,11 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 
-def lodo_wise_rows(weight: float, concat: bool = False) -> list[tuple[str, str, str, list[str]]]:
+def lodo_wise_rows(weight: float, concat: bool = False,
+                   neighbour_weights: tuple[float, ...] = ()) -> list[tuple[str, str, str, list[str]]]:
     """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
-    the leave-domain-out ensemble recipe on them and (`concat`) their concatenation without projection."""
+    the leave-domain-out ensemble recipe on them, (`concat`) their concatenation without projection
+    and that recipe with each of `neighbour_weights` for its neighbour term."""
     step = f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members"
     families = ("mnv1", "mnv2", "lite0")
     rows = [(step, f"{f}_lodo + WiSE-FT {weight}", f"members/cpu/{f}_lodo.yaml", [f"backbone.wise_ft={weight}"])
@@ -86,7 +93,10 @@ def lodo_wise_rows(weight: float, concat: bool = False) -> list[tuple[str, str, 
                     [f"members=[{members}]", f"name=multi_lodo_wise{suffix}"]),
             *([(step, "the three, signed sqrt concatenation (no 64-d projection)", LODO_ENSEMBLE,
                 [f"members=[{members}]", "projection=pca", "pca=null", f"name=multi_lodo_wise{suffix}_concat"])]
-              if concat else [])]
+              if concat else []),
+            *[(step, f"the same ensemble, neighbour term x{w:g}", LODO_ENSEMBLE,
+               [f"members=[{members}]", f"learned.neighbour_weight={w}", f"name=multi_lodo_wise{suffix}_nb{w:g}"])
+              for w in neighbour_weights]]
 
 
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
@@ -146,9 +156,28 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "members/cpu/lite2_multi.yaml", []),
     *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",
        "members/cpu/lite2_multi.yaml", [f"backbone.wise_ft={w}", f"name=lite2_multi_wise{w}"]) for w in WISE_LITE2],
+    ("member (EfficientNet-Lite2)", "lite2_multi evaluated at 300 px (same model, no training)",
+     "members/cpu/lite2_multi.yaml", [f"{EVAL_PX}300"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
-    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe on lite2_multi and lite0_multi_long_12ep",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "name=multi_lite2"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the two, signed sqrt concatenation (2,560-d)",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "projection=pca", "pca=null", "name=multi_lite2_concat"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the two, signed sqrt, PCA-64 fitted on train",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "projection=pca", "name=multi_lite2_pca"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe with the neighbour term x3",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.neighbour_weight=3", "name=multi_lite2_nb3"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe with 5 projection epochs instead of 20",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.epochs=5", "name=multi_lite2_ep5"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "control: lite2_multi alone, the recipe's signed sqrt "
+     "+ learned-64", ENSEMBLE, ["members=[lite2_multi]", "name=multi_lite2_alone"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "neighbour term only (no label loss)",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.label_weight=0", "name=multi_lite2_nbonly"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "neighbour term only, teacher tau 0.02",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.label_weight=0", "learned.neighbour_tau_teacher=0.02",
+                "name=multi_lite2_nbonly_t02"]),
+    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"
@@ -167,6 +196,18 @@ def run_variant(ws: Workspace, recipe: str, overrides: list[str]) -> tuple[str, 
         return f"student:{name}", None
     train_member(load_member_cfg(path, sets), ws)
     return name, "backbone"
+
+
+def eval_size(overrides: list[str]) -> tuple[list[str], int | None]:
+    """The recipe overrides without the bench's `eval_px=N`, and N (None: the model file's eval size)."""
+    sizes = [int(o[len(EVAL_PX):]) for o in overrides if o.startswith(EVAL_PX)]
+    return [o for o in overrides if not o.startswith(EVAL_PX)], (sizes[-1] if sizes else None)
+
+
+def at_size(model: ResolvedModel, size_px: int) -> ResolvedModel:
+    """The same trained member, its images resized to `size_px` instead of its eval size."""
+    parts = [dataclasses.replace(p, embedder=dataclasses.replace(p.embedder, size_px=size_px)) for p in model.parts]
+    return dataclasses.replace(model, name=f"{model.name}@{size_px}px", parts=parts)
 
 
 def row(step: str, variant: str, report: dict, seconds: float) -> dict:
@@ -210,9 +251,12 @@ def main() -> None:
         if args.only and not any(text in step or text in variant for text in args.only):
             continue
         started = time.perf_counter()
-        spec, features = run_variant(ws, recipe, overrides)
-        report = evaluate(spec, ws, str(DATA), features=features,
-                          out=ws.reports_dir / "multi_variants" / f"{spec.replace(':', '_')}.json")
+        sets, size_px = eval_size(overrides)
+        spec, features = run_variant(ws, recipe, sets)
+        model = resolve_model(spec, ws, features)
+        model = at_size(model, size_px) if size_px else model
+        report = evaluate(model, ws, str(DATA),
+                          out=ws.reports_dir / "multi_variants" / f"{model.name.replace(':', '_')}.json")
         rows[step, variant] = row(step, variant, report, time.perf_counter() - started)
         save(rows, done=False, only=args.only)  # every finished row is kept, even if a later one is stopped
         print(step, variant, f"macro {report['macro_mP@5']:.3f}", flush=True)

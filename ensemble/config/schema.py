@@ -247,8 +247,9 @@ class TTACfg(Strict):
 
 
 class ProjectionCfg(Strict):
-    """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels, plus
-    optionally a neighbour term that keeps each row's neighbours in the concatenation (no labels used)."""
+    """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels (weight
+    label_weight), plus optionally a neighbour term that keeps each row's neighbours in the
+    concatenation (no labels used); label_weight 0 with a neighbour term: neighbours only."""
 
     epochs: PositiveInt = 20
     lr: float = Field(1e-3, gt=0)
@@ -256,11 +257,19 @@ class ProjectionCfg(Strict):
     batch_size: PositiveInt = 256
     scale: float = Field(30.0, gt=0)
     margin: float = Field(0.2, ge=0)
+    label_weight: float = Field(1.0, ge=0)
     # weight of the neighbour term: cross-entropy from the softmax over in-batch cosine similarities in the
     # concatenation (temperature neighbour_tau_teacher) to the same softmax after projection (neighbour_tau)
     neighbour_weight: float = Field(0.0, ge=0)
     neighbour_tau_teacher: float = Field(0.02, gt=0)
     neighbour_tau: float = Field(0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_train(self):
+        if self.label_weight == 0 and self.neighbour_weight == 0:
+            raise ValueError("label_weight and neighbour_weight are both 0: the projection would not train; "
+                             "set one of them above 0 (or projection: pca)")
+        return self
 
 
 class EnsembleCfg(Strict):

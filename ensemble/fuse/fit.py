@@ -18,7 +18,7 @@ from ..workspace.artifacts import saved_ensemble_config, write_ensemble
 from ..workspace.layout import Workspace
 from ..workspace.resolve import Part, ResolvedModel, load_members, resolve_model
 from .combine import combine_to_store, group_members
-from .learned import fit_projection
+from .learned import fit_projection, trained_on
 from .reducer import PCAReducer, fit_pca
 
 log = logging.getLogger("ensemble")
@@ -91,7 +91,7 @@ def describe(cfg: EnsembleCfg, name: str, parts: list[Part], groups, manifest: M
         "reducer": None if reducer is None else {
             "type": cfg.projection, "dims": reducer.out_dim, "whiten": reducer.whiten,
             **({"explained_variance_ratio": round(reducer.explained_variance_ratio, 6)} if cfg.projection == "pca"
-               else {"trained_on": "the fit set's labels" + (" and neighbours" * bool(cfg.learned.neighbour_weight))})},
+               else {"trained_on": trained_on(cfg.learned)})},
     }
 
 

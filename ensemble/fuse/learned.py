@@ -1,8 +1,8 @@
 """A learned linear projection of the concatenated member features, the alternative to PCA.
 
 It starts at the fitted PCA (same mean, same 64 directions), then a CosFace margin softmax on the fit
-set's labels trains the projection with one class centre per label (the centres start at the
-class means). The optional neighbour term (`neighbour_weight`) makes the projected in-batch
+set's labels (weight `label_weight`) trains the projection with one class centre per label (the
+centres start at the class means). The optional neighbour term (`neighbour_weight`) makes the projected in-batch
 similarities reproduce the concatenation's nearest neighbours, so the label loss cannot collapse
 what the training labels do not name (unseen classes, category-level domains). The result keeps
 PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph, export and eval run it unchanged.
@@ -46,6 +46,12 @@ def neighbour_loss(original: torch.Tensor, projected: torch.Tensor, tau_teacher:
     return -(target * F.log_softmax(similarities(projected) / tau, dim=-1)).sum(-1).mean()
 
 
+def trained_on(cfg: ProjectionCfg) -> str:
+    """What the projection's losses use, for the ensemble's description."""
+    return " and ".join(part for part, weight in (("the fit set's labels", cfg.label_weight),
+                                                    ("neighbours", cfg.neighbour_weight)) if weight)
+
+
 def fit_projection(features, labels: list[str], start: PCAReducer, cfg: ProjectionCfg, seed: int = 0) -> PCAReducer:
     """Train W [out, d] from `start`'s components on the labelled rows of `features` [n, d]."""
     rows, targets, classes = labelled_rows(labels)
@@ -64,7 +70,7 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
                   leave=False):
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
             projected = x[batch] @ proj.T
-            loss = F.cross_entropy(head(projected, y[batch]), y[batch])
+            loss = cfg.label_weight * F.cross_entropy(head(projected, y[batch]), y[batch])
             if cfg.neighbour_weight > 0:
                 loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
                                                                     cfg.neighbour_tau_teacher, cfg.neighbour_tau)

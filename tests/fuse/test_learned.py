@@ -8,7 +8,7 @@ import torch
 from ensemble.config.schema import EnsembleCfg, ProjectionCfg
 from ensemble.errors import EnsError
 from ensemble.evaluate.metrics import evaluate_embeddings
-from ensemble.fuse.learned import fit_projection, neighbour_loss
+from ensemble.fuse.learned import fit_projection, neighbour_loss, trained_on
 from ensemble.fuse.reducer import fit_pca
 
 
@@ -91,3 +91,22 @@ def test_neighbour_term_keeps_what_the_labels_do_not_name():
     # with the neighbour term the kinds survive and the classes still gain over PCA
     assert mp5(with_neighbours, test, test_kinds) > mp5(labels_only, test, test_kinds) + 0.15
     assert mp5(with_neighbours, test, test_classes) > mp5(pca, test, test_classes) + 0.15
+
+
+def test_label_weight_zero_trains_on_the_neighbour_term_alone():
+    train, train_classes, _ = kinds_and_classes(300, seed=0)
+    pca = fit_pca(train, 4)
+    shuffled = list(np.random.default_rng(0).permutation(train_classes))
+
+    def fit(labels: list[str], label_weight: float):
+        cfg = ProjectionCfg(epochs=5, batch_size=64, lr=1e-2, label_weight=label_weight, neighbour_weight=1.0)
+        return fit_projection(train, labels, pca, cfg).components
+
+    # without the label loss the labels cannot matter; with it they do
+    assert np.allclose(fit(train_classes, 0.0), fit(shuffled, 0.0), atol=1e-6)
+    assert not np.allclose(fit(train_classes, 1.0), fit(shuffled, 1.0), atol=1e-3)
+    assert not np.allclose(fit(train_classes, 0.0), pca.components, atol=1e-3)  # it did train
+    assert trained_on(ProjectionCfg(label_weight=0, neighbour_weight=1)) == "neighbours"
+    assert trained_on(ProjectionCfg()) == "the fit set's labels"
+    with pytest.raises(ValueError, match="label_weight and neighbour_weight are both 0: the projection would not"):
+        ProjectionCfg(label_weight=0)

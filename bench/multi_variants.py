@@ -158,6 +158,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
        "members/cpu/lite2_multi.yaml", [f"backbone.wise_ft={w}", f"name=lite2_multi_wise{w}"]) for w in WISE_LITE2],
     ("member (EfficientNet-Lite2)", "lite2_multi evaluated at 300 px (same model, no training)",
      "members/cpu/lite2_multi.yaml", [f"{EVAL_PX}300"]),
+    ("member (EfficientNet-Lite2)", "lite2_multi longer: 224 px, 1 epoch head + 12 epochs all",
+     "members/cpu/lite2_multi.yaml", [STAGES_12, "name=lite2_multi_12ep"]),
+    ("member (EfficientNet-Lite2)", "lite2_multi longer + WiSE-FT 0.85 (the 12-epoch run interpolated, no training)",
+     "members/cpu/lite2_multi.yaml", [STAGES_12, "backbone.wise_ft=0.85", "name=lite2_multi_12ep_wise0.85"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe on lite2_multi and lite0_multi_long_12ep",

@@ -176,6 +176,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.epochs=5", "name=multi_lite2_ep5"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "control: lite2_multi alone, the recipe's signed sqrt "
      "+ learned-64", ENSEMBLE, ["members=[lite2_multi]", "name=multi_lite2_alone"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe fitted on 250 train images per domain",
+     ENSEMBLE, [f"members=[{TWO_BEST}]", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}",
+                "name=multi_lite2_balanced"]),
+    ("ensemble (Lite2 + Lite0, the two strongest members)", "the two, signed sqrt, PCA-64 fitted on index "
+     "(transductive)", ENSEMBLE,
+     [f"members=[{TWO_BEST}]", "projection=pca", "fit_on=index", "name=multi_lite2_pca_index"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "neighbour term only (no label loss)",
      ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.label_weight=0", "name=multi_lite2_nbonly"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "neighbour term only, teacher tau 0.02",

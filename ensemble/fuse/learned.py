@@ -2,9 +2,10 @@
 
 It starts at the fitted PCA (same mean, same 64 directions), then a CosFace margin softmax on the fit
 set's labels (weight `label_weight`) trains the projection with one class centre per label (the
-centres start at the class means). The optional neighbour term (`neighbour_weight`) makes the projected in-batch
-similarities reproduce the concatenation's nearest neighbours, so the label loss cannot collapse
-what the training labels do not name (unseen classes, category-level domains). The result keeps
+centres start at the class means). The optional neighbour term (`neighbour_weight`) makes the
+projected in-batch similarities reproduce the concatenation's nearest neighbours, so the label loss
+cannot collapse what the training labels do not name (unseen classes, category-level domains);
+with `label_weight: 0` it is the only loss. The result keeps
 PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph, export and eval run it unchanged.
 """
 

@@ -18,7 +18,7 @@ configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of mu
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
 --only, just the rows whose step or variant contains one of the texts are run and the others are
-kept from that JSON.
+kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows).
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ STUDENT_128 = "distill/cpu/lite0_multi.yaml"  # the previous student recipe: 128
 PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
 STAGES_12 = "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]"
 WISE_12 = (0.5, 0.7, 0.85)  # WiSE-FT weights swept on the 12-epoch Lite0 member
-WISE_LITE2 = (0.7, 0.85)  # and on the Lite2 member
+WISE_LITE2 = (0.7, 0.85)  # and on the 6- and 12-epoch Lite2 members
 TWO_BEST = "lite2_multi,lite0_multi_long_12ep"  # the strongest Lite2 and Lite0 members
+LITE2_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite2.mli_in1k.safetensors"
+TWO_BEST_12 = "lite2_multi_12ep,lite0_multi_long_12ep"  # the same with the 12-epoch Lite2 member
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -160,8 +162,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "members/cpu/lite2_multi.yaml", [f"{EVAL_PX}300"]),
     ("member (EfficientNet-Lite2)", "lite2_multi longer: 224 px, 1 epoch head + 12 epochs all",
      "members/cpu/lite2_multi.yaml", [STAGES_12, "name=lite2_multi_12ep"]),
-    ("member (EfficientNet-Lite2)", "lite2_multi longer + WiSE-FT 0.85 (the 12-epoch run interpolated, no training)",
-     "members/cpu/lite2_multi.yaml", [STAGES_12, "backbone.wise_ft=0.85", "name=lite2_multi_12ep_wise0.85"]),
+    *[("member (EfficientNet-Lite2)", f"lite2_multi longer + WiSE-FT {w} (the 12-epoch run interpolated, no training)",
+       "members/cpu/lite2_multi.yaml", [STAGES_12, f"backbone.wise_ft={w}", f"name=lite2_multi_12ep_wise{w}"])
+      for w in WISE_LITE2],
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe on lite2_multi and lite0_multi_long_12ep",
@@ -187,6 +190,27 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("ensemble (Lite2 + Lite0, the two strongest members)", "neighbour term only, teacher tau 0.02",
      ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.label_weight=0", "learned.neighbour_tau_teacher=0.02",
                 "name=multi_lite2_nbonly_t02"]),
+    *[("ensemble (Lite2 + Lite0, the two strongest members)", f"the two, signed sqrt, {kind}-{dims} fitted on "
+       "train (what 64 dimensions cost)", ENSEMBLE,
+       [f"members=[{TWO_BEST}]", f"projection={projection}", f"pca={dims}", f"name=multi_lite2_{projection}{dims}"])
+      for dims in (128, 256) for kind, projection in (("PCA", "pca"), ("learned", "learned"))],
+    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the recipe on lite2_multi_12ep and lite0_multi_long_12ep",
+     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "name=multi_lite2_12"]),
+    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the two, signed sqrt concatenation (2,560-d)",
+     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "projection=pca", "pca=null", "name=multi_lite2_12_concat"]),
+    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the two, signed sqrt, PCA-64 fitted on train",
+     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "projection=pca", "name=multi_lite2_12_pca"]),
+    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "neighbour term only, fitted on the index images, "
+     "their labels unused (transductive)", ENSEMBLE,
+     [f"members=[{TWO_BEST_12}]", "learned.label_weight=0", "fit_on=index", "name=multi_lite2_12_nbonly_index"]),
+    ("student (EfficientNet-Lite0) of the Lite2 + Lite0 ensemble", "the student recipe with teacher "
+     "multi_lite2_12, initialised from lite0_multi_long_12ep", STUDENT,
+     ["teacher=multi_lite2_12", "backbone.init_from=lite0_multi_long_12ep", "name=lite0_student_of_lite2_12"]),
+    ("student (EfficientNet-Lite2) of the Lite2 + Lite0 ensemble", "the student recipe on Lite2 (224 px, eval "
+     "260 px) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
+     ["teacher=multi_lite2_12", "backbone.arch=tf_efficientnet_lite2", f"backbone.pretrained={LITE2_WEIGHTS}",
+      "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
+      "name=lite2_student_of_lite2_12"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
@@ -249,7 +273,9 @@ def main() -> None:
                         "from " + str(RESULT))
     args = parser.parse_args()
     ws = Workspace.at(args.workdir)
-    rows = previous_rows() if args.only else {}  # (step, variant) -> row; an --only run replaces some
+    if args.only:
+        previous_rows()  # fail now, not after the first row, when there are no rows to keep
+    rows = {}  # (step, variant) -> row, the rows this invocation ran
     lodo = {}  # the leave-domain-out pipeline first: its members are what the WiSE-FT rows interpolate
     if not args.no_lodo and not args.only:
         started = time.perf_counter()
@@ -285,8 +311,13 @@ def previous_rows() -> dict[tuple[str, str], dict]:
             if (r["step"], r["variant"]) in listed or r["step"] == LODO_STEP}
 
 
-def save(by_key: dict[tuple[str, str], dict], done: bool, only: list[str] | None) -> str:
-    """Write the rows (VARIANTS order, then leave-domain-out) to the JSON and BENCHMARKS.md."""
+def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None) -> str:
+    """Write the rows (VARIANTS order, then leave-domain-out) to the JSON and BENCHMARKS.md.
+
+    With --only the JSON is read again here and only the rows this invocation ran replace its rows,
+    so two invocations running at once keep each other's finished rows.
+    """
+    by_key = {**previous_rows(), **ran} if only else ran
     order = {(step, variant): i for i, (step, variant, _, _) in enumerate(VARIANTS)}
     rows = sorted(by_key.values(), key=lambda r: order.get((r["step"], r["variant"]), len(order)))
     command = " ".join(["python bench/multi_variants.py", *(f"--only '{text}'" for text in only or [])])

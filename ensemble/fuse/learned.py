@@ -5,7 +5,7 @@ set's labels (weight `label_weight`) trains the projection with one class centre
 centres start at the class means). The optional neighbour term (`neighbour_weight`) makes the
 projected in-batch similarities reproduce the concatenation's nearest neighbours, so the label loss
 cannot collapse what the training labels do not name (unseen classes, category-level domains);
-with `label_weight: 0` it is the only loss. The result keeps
+with `label_weight: 0` it is the only loss and the fit set needs no labels. The result keeps
 PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph, export and eval run it unchanged.
 """
 
@@ -54,24 +54,26 @@ def trained_on(cfg: ProjectionCfg) -> str:
 
 
 def fit_projection(features, labels: list[str], start: PCAReducer, cfg: ProjectionCfg, seed: int = 0) -> PCAReducer:
-    """Train W [out, d] from `start`'s components on the labelled rows of `features` [n, d]."""
-    rows, targets, classes = labelled_rows(labels)
+    """Train W [out, d] from `start`'s components on the labelled rows of `features` [n, d]; with
+    `label_weight: 0` on every row, so the fit set may be unlabelled."""
+    if cfg.label_weight > 0:
+        rows, targets, classes = labelled_rows(labels)
+    else:
+        rows, targets, classes = np.arange(len(labels)), np.zeros(len(labels), np.int64), []
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.asarray(features[rows], np.float32) - start.mean)
     y = torch.from_numpy(targets)
     proj = torch.nn.Parameter(torch.from_numpy(start.components.copy()))
-    counts = np.bincount(targets, minlength=len(classes)).tolist()
-    head = build_head(HeadCfg(type="cosface", scale=cfg.scale, margin_rad=cfg.margin), start.out_dim, counts)
-    with torch.no_grad():
-        centres = torch.zeros(len(classes), start.out_dim).index_add_(0, y, F.normalize(x @ proj.T, dim=-1))
-        head.weight.copy_(F.normalize(centres, dim=-1))
-    opt = torch.optim.AdamW([proj, *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = label_head(x, y, proj, classes, cfg) if classes else None
+    opt = torch.optim.AdamW([proj, *(head.parameters() if head else [])], lr=cfg.lr, weight_decay=cfg.weight_decay)
     mean = torch.from_numpy(np.asarray(start.mean, np.float32))
     for _ in tqdm(range(cfg.epochs), desc=label(f"learn projection-{start.out_dim} ({len(rows):,} rows)"),
                   leave=False):
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
             projected = x[batch] @ proj.T
-            loss = cfg.label_weight * F.cross_entropy(head(projected, y[batch]), y[batch])
+            loss = torch.zeros(())
+            if head is not None:
+                loss = loss + cfg.label_weight * F.cross_entropy(head(projected, y[batch]), y[batch])
             if cfg.neighbour_weight > 0:
                 loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
                                                                     cfg.neighbour_tau_teacher, cfg.neighbour_tau)
@@ -80,3 +82,14 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
             opt.step()
     return PCAReducer(start.mean, proj.detach().numpy().astype(np.float32), np.ones(start.out_dim),
                       start.total_variance, whiten=False)
+
+
+def label_head(x: torch.Tensor, y: torch.Tensor, proj: torch.Tensor, classes: list[str],
+               cfg: ProjectionCfg) -> torch.nn.Module:
+    """The CosFace head of the label loss, one centre per class, started at the projected class means."""
+    counts = np.bincount(y.numpy(), minlength=len(classes)).tolist()
+    head = build_head(HeadCfg(type="cosface", scale=cfg.scale, margin_rad=cfg.margin), proj.shape[0], counts)
+    with torch.no_grad():
+        centres = torch.zeros(len(classes), proj.shape[0]).index_add_(0, y, F.normalize(x @ proj.T, dim=-1))
+        head.weight.copy_(F.normalize(centres, dim=-1))
+    return head

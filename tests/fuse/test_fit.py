@@ -146,6 +146,12 @@ def test_learned_projection_through_fuse(trained_workspace):
     with pytest.raises(EnsError, match="projection: learned needs labelled fit images"):
         fuse(cfg(name="lq", projection="learned", fit_on="index", learned={"epochs": 1},
                  data=str(_unlabelled_data(trained_workspace))), trained_workspace)
+    # without the label loss the same unlabelled images are enough
+    unlabelled = fuse(cfg(name="lu", projection="learned", fit_on="index",
+                          data=str(_unlabelled_data(trained_workspace)),
+                          learned={"epochs": 1, "label_weight": 0, "neighbour_weight": 1}), trained_workspace)
+    d = unlabelled.ensemble.description
+    assert d["reducer"]["trained_on"] == "neighbours" and d["fit_on"]["rows"] == 24 and d["out_dim"] == 8
 
 
 def _unlabelled_data(workdir):

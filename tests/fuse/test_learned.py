@@ -102,8 +102,9 @@ def test_label_weight_zero_trains_on_the_neighbour_term_alone():
         cfg = ProjectionCfg(epochs=5, batch_size=64, lr=1e-2, label_weight=label_weight, neighbour_weight=1.0)
         return fit_projection(train, labels, pca, cfg).components
 
-    # without the label loss the labels cannot matter; with it they do
+    # without the label loss the labels cannot matter, not even their absence; with it they do
     assert np.allclose(fit(train_classes, 0.0), fit(shuffled, 0.0), atol=1e-6)
+    assert np.allclose(fit(train_classes, 0.0), fit([""] * len(train), 0.0), atol=1e-6)
     assert not np.allclose(fit(train_classes, 1.0), fit(shuffled, 1.0), atol=1e-3)
     assert not np.allclose(fit(train_classes, 0.0), pca.components, atol=1e-3)  # it did train
     assert trained_on(ProjectionCfg(label_weight=0, neighbour_weight=1)) == "neighbours"

@@ -165,6 +165,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[("member (EfficientNet-Lite2)", f"lite2_multi longer + WiSE-FT {w} (the 12-epoch run interpolated, no training)",
        "members/cpu/lite2_multi.yaml", [STAGES_12, f"backbone.wise_ft={w}", f"name=lite2_multi_12ep_wise{w}"])
       for w in WISE_LITE2],
+    ("member (EfficientNet-Lite2)", "lite2_multi longer, then fine-tuned at the 260 px eval size: from that "
+     "run, 1 epoch head + 2 epochs all at lr 3e-4", "members/cpu/lite2_multi.yaml",
+     ["backbone.init_from=lite2_multi_12ep", "backbone.image_size=260", "name=lite2_multi_12ep_ft260",
+      "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 2, lr: 3.0e-4}]"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe on lite2_multi and lite0_multi_long_12ep",
@@ -207,8 +211,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "multi_lite2_12, initialised from lite0_multi_long_12ep", STUDENT,
      ["teacher=multi_lite2_12", "backbone.init_from=lite0_multi_long_12ep", "name=lite0_student_of_lite2_12"]),
     ("student (EfficientNet-Lite2) of the Lite2 + Lite0 ensemble", "the student recipe on Lite2 (224 px, eval "
-     "260 px) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
-     ["teacher=multi_lite2_12", "backbone.arch=tf_efficientnet_lite2", f"backbone.pretrained={LITE2_WEIGHTS}",
+     "260 px, 2 epochs instead of 4) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
+     ["teacher=multi_lite2_12", "stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
+      f"backbone.pretrained={LITE2_WEIGHTS}",
       "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
       "name=lite2_student_of_lite2_12"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),

@@ -285,7 +285,7 @@ class EnsembleCfg(Strict):
     pca: PositiveInt | None = 64  # None: plain concatenation
     whiten: bool = False
     # pca: the top principal directions; learned: those directions trained further with a margin loss on
-    # the fit set's labels (needs `pca` dims, no whitening, and labelled fit images)
+    # the fit set's labels (needs `pca` dims, no whitening, and labelled fit images unless learned.label_weight is 0)
     projection: Literal["pca", "learned"] = "pca"
     learned: ProjectionCfg = Field(default_factory=ProjectionCfg)
     fit_on: str = "index"  # train | query | index | distill of the data config, or a manifest CSV

@@ -29,7 +29,7 @@ def labelled_rows(labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]
     classes = sorted({labels[i] for i in rows})
     if len(classes) < 2:
         raise EnsError(f"projection: learned needs labelled fit images of at least 2 classes, got {len(classes)} "
-                       "(fit_on: train, or a manifest with labels)")
+                       "(fit_on: train, or a manifest with labels; or learned.label_weight: 0 for unlabelled images)")
     index = {c: i for i, c in enumerate(classes)}
     return rows, np.array([index[labels[i]] for i in rows], dtype=np.int64), classes
 

@@ -46,7 +46,8 @@ def test_learned_projection_beats_pca_on_unseen_classes_and_keeps_its_form():
 
 def test_learned_projection_needs_labels_and_no_whitening():
     x, _ = blobs(3, 4, seed=0)
-    with pytest.raises(EnsError, match="projection: learned needs labelled fit images of at least 2 classes, got 0"):
+    with pytest.raises(EnsError, match="projection: learned needs labelled fit images of at least 2 classes, got 0 "
+                                       r"\(.*or learned.label_weight: 0 for unlabelled images\)"):
         fit_projection(x, [""] * len(x), fit_pca(x, 2), ProjectionCfg())
     with pytest.raises(ValueError, match="projection: learned needs `pca` dims and whiten: false"):
         EnsembleCfg(members=["a"], projection="learned", whiten=True)

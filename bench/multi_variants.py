@@ -80,6 +80,16 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 
+def pair_rows(step: str, members: str, name: str) -> list[tuple[str, str, str, list[str]]]:
+    """The ensemble recipe, the signed-sqrt concatenation and PCA-64 on two members ("a,b")."""
+    pair = f"members=[{members}]"
+    return [(step, f"the recipe on {' and '.join(members.split(','))}", ENSEMBLE, [pair, f"name={name}"]),
+            (step, "the two, signed sqrt concatenation (2,560-d)", ENSEMBLE,
+             [pair, "projection=pca", "pca=null", f"name={name}_concat"]),
+            (step, "the two, signed sqrt, PCA-64 fitted on train", ENSEMBLE,
+             [pair, "projection=pca", f"name={name}_pca"])]
+
+
 def lodo_wise_rows(weight: float, concat: bool = False,
                    neighbour_weights: tuple[float, ...] = ()) -> list[tuple[str, str, str, list[str]]]:
     """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
@@ -171,12 +181,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
       "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 2, lr: 3.0e-4}]"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
-    ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe on lite2_multi and lite0_multi_long_12ep",
-     ENSEMBLE, [f"members=[{TWO_BEST}]", "name=multi_lite2"]),
-    ("ensemble (Lite2 + Lite0, the two strongest members)", "the two, signed sqrt concatenation (2,560-d)",
-     ENSEMBLE, [f"members=[{TWO_BEST}]", "projection=pca", "pca=null", "name=multi_lite2_concat"]),
-    ("ensemble (Lite2 + Lite0, the two strongest members)", "the two, signed sqrt, PCA-64 fitted on train",
-     ENSEMBLE, [f"members=[{TWO_BEST}]", "projection=pca", "name=multi_lite2_pca"]),
+    *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe with the neighbour term x3",
      ENSEMBLE, [f"members=[{TWO_BEST}]", "learned.neighbour_weight=3", "name=multi_lite2_nb3"]),
     ("ensemble (Lite2 + Lite0, the two strongest members)", "the recipe with 5 projection epochs instead of 20",
@@ -198,12 +203,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
        "train (what 64 dimensions cost)", ENSEMBLE,
        [f"members=[{TWO_BEST}]", f"projection={projection}", f"pca={dims}", f"name=multi_lite2_{projection}{dims}"])
       for dims in (128, 256) for kind, projection in (("PCA", "pca"), ("learned", "learned"))],
-    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the recipe on lite2_multi_12ep and lite0_multi_long_12ep",
-     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "name=multi_lite2_12"]),
-    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the two, signed sqrt concatenation (2,560-d)",
-     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "projection=pca", "pca=null", "name=multi_lite2_12_concat"]),
-    ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "the two, signed sqrt, PCA-64 fitted on train",
-     ENSEMBLE, [f"members=[{TWO_BEST_12}]", "projection=pca", "name=multi_lite2_12_pca"]),
+    *pair_rows("ensemble (Lite2 12 epochs + Lite0 12 epochs)", TWO_BEST_12, "multi_lite2_12"),
     ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "neighbour term only, fitted on the index images, "
      "their labels unused (transductive)", ENSEMBLE,
      [f"members=[{TWO_BEST_12}]", "learned.label_weight=0", "fit_on=index", "name=multi_lite2_12_nbonly_index"]),

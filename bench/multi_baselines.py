@@ -5,7 +5,8 @@
 The headline metric of the multi-domain work is the macro mean of per-domain mP@5 on
 configs/data/multi.yaml (query vs index), overall mP@5 beside it. Each backbone here is the pooled
 feature of the ImageNet weights in ../shared/weights, flip TTA, at 224 px (EfficientNet-Lite2 at its
-native 260 px as well), scored by `ens`'s own metric code. Writes bench/results/multi_baselines.json
+native 260 px as well; and each pooled by GeM p=3 instead of its average pool), scored by `ens`'s
+own metric code. Writes bench/results/multi_baselines.json
 and the "GUIE-mini baselines" table of BENCHMARKS.md.
 """
 
@@ -47,6 +48,8 @@ BACKBONES = [  # (name, recipe overrides, eval size)
 ]
 # the GUIE-mini CPU recipes (members/cpu/*_multi.yaml) evaluate at 160 px: their baselines at that size
 BACKBONES += [(name, overrides, 160) for name, overrides, _ in BACKBONES[:3]]
+# GeM pooling (backbone.gem_p) instead of each tower's average pool, at the native sizes
+BACKBONES += [(f"{name} + GeM p=3", [*overrides, "backbone.gem_p=3"], size) for name, overrides, size in BACKBONES[:4]]
 
 
 def baseline(name: str, overrides: list[str], size_px: int, query, index) -> dict:

@@ -56,11 +56,14 @@ STUDENT_128 = "distill/cpu/lite0_multi.yaml"  # the previous student recipe: 128
 # the ensemble recipe before the signed square root and the retuned projection (lr 3e-4, teacher tau 0.05)
 PREVIOUS = ["power=1", "learned.lr=1e-3", "learned.neighbour_tau_teacher=0.02"]
 STAGES_12 = "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 12}]"
+FT_STAGES = "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 2, lr: 3.0e-4}]"  # from a trained run
 WISE_12 = (0.5, 0.7, 0.85)  # WiSE-FT weights swept on the 12-epoch Lite0 member
 WISE_LITE2 = (0.7, 0.85)  # and on the 6- and 12-epoch Lite2 members
 TWO_BEST = "lite2_multi,lite0_multi_long_12ep"  # the strongest Lite2 and Lite0 members
 LITE2_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite2.mli_in1k.safetensors"
 TWO_BEST_12 = "lite2_multi_12ep,lite0_multi_long_12ep"  # the same with the 12-epoch Lite2 member
+GEM_P = (3.0, 6.0)  # GeM exponents tried at eval on the 12-epoch members (eval.gem_p)
+TWO_GEM = "lite2_multi_12ep_evalgem3,lite0_multi_long_12ep_evalgem3"  # those two pooled by GeM p=3
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -164,6 +167,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[("member (EfficientNet-Lite0)", f"longer still + WiSE-FT {w} (the 12-epoch run interpolated with its "
        "pretrained backbone; no training)", "members/cpu/lite0_multi_long.yaml",
        [STAGES_12, f"backbone.wise_ft={w}", f"name=lite0_multi_long_12ep_wise{w}"]) for w in WISE_12],
+    *[("member (EfficientNet-Lite0)", f"longer still, pooled by GeM p={p:g} where it embeds (eval.gem_p: the same "
+       "weights, no training)", "members/cpu/lite0_multi_long.yaml",
+       [STAGES_12, f"eval.gem_p={p}", f"name=lite0_multi_long_12ep_evalgem{p:g}"]) for p in GEM_P],
     ("member (EfficientNet-Lite2)", "lite2_multi: the lite0_multi_long recipe on Lite2, 224 px, eval 260 px",
      "members/cpu/lite2_multi.yaml", []),
     *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",
@@ -178,7 +184,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer, then fine-tuned at the 260 px eval size: from that "
      "run, 1 epoch head + 2 epochs all at lr 3e-4", "members/cpu/lite2_multi.yaml",
      ["backbone.init_from=lite2_multi_12ep", "backbone.image_size=260", "name=lite2_multi_12ep_ft260",
-      "stages=[{train: [neck, head], epochs: 1}, {train: [all], epochs: 2, lr: 3.0e-4}]"]),
+      FT_STAGES]),
+    ("member (EfficientNet-Lite2)", "lite2_multi longer, then fine-tuned with GeM p=3 pooling: from that run, "
+     "1 epoch head + 2 epochs all at lr 3e-4", "members/cpu/lite2_multi.yaml",
+     ["backbone.init_from=lite2_multi_12ep", "backbone.gem_p=3", "name=lite2_multi_12ep_gem3", FT_STAGES]),
+    *[("member (EfficientNet-Lite2)", f"lite2_multi longer, pooled by GeM p={p:g} where it embeds (eval.gem_p: "
+       "the same weights, no training)", "members/cpu/lite2_multi.yaml",
+       [STAGES_12, f"eval.gem_p={p}", f"name=lite2_multi_12ep_evalgem{p:g}"]) for p in GEM_P],
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),
@@ -207,6 +219,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("ensemble (Lite2 12 epochs + Lite0 12 epochs)", "neighbour term only, fitted on the index images, "
      "their labels unused (transductive)", ENSEMBLE,
      [f"members=[{TWO_BEST_12}]", "learned.label_weight=0", "fit_on=index", "name=multi_lite2_12_nbonly_index"]),
+    *pair_rows("ensemble (Lite2 12 epochs + Lite0 12 epochs, both pooled by GeM p=3)", TWO_GEM, "multi_gem"),
     ("student (EfficientNet-Lite0) of the Lite2 + Lite0 ensemble", "the student recipe with teacher "
      "multi_lite2_12, initialised from lite0_multi_long_12ep", STUDENT,
      ["teacher=multi_lite2_12", "backbone.init_from=lite0_multi_long_12ep", "name=lite0_student_of_lite2_12"]),
@@ -216,6 +229,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
       f"backbone.pretrained={LITE2_WEIGHTS}",
       "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
       "name=lite2_student_of_lite2_12"]),
+    ("student (EfficientNet-Lite2) of the GeM-pooled Lite2 + Lite0 ensemble", "the Lite2 student above with "
+     "teacher multi_gem, initialised from lite2_multi_12ep", STUDENT,
+     ["teacher=multi_gem", "stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
+      f"backbone.pretrained={LITE2_WEIGHTS}",
+      "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
+      "name=lite2_student_of_gem"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"

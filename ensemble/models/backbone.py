@@ -26,13 +26,16 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, tower: nn.Module, source: str, out_dim: int, image_size: int, mean, std,
-                 freeze_bn: bool = False):
+                 freeze_bn: bool = False, gem_p: float | None = None):
         super().__init__()
         self.tower, self.source, self.out_dim, self.image_size = tower, source, out_dim, image_size
         self.mean, self.std, self.freeze_bn = tuple(float(v) for v in mean), tuple(float(v) for v in std), freeze_bn
+        self.gem_p = gem_p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower(x)
+        if self.gem_p is None:
+            return self.tower(x)
+        return gem_pool(self.tower.forward_features(x), self.gem_p)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -79,7 +82,19 @@ class Backbone(nn.Module):
 
     def describe(self) -> dict:
         return {"source": self.source, "out_dim": self.out_dim, "image_size": self.image_size,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std),
+                "pool": pool_name(self.gem_p)}
+
+
+def pool_name(gem_p: float | None) -> str:
+    """How a backbone pools, as model files describe it."""
+    return f"gem p={gem_p:g}" if gem_p else "the tower's own"
+
+
+def gem_pool(fmap: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling of a feature map [b, c, h, w] -> [b, c], in float32 (x^p of bf16
+    activations overflows for large p)."""
+    return fmap.float().clamp(min=eps).pow(p).mean((2, 3)).pow(1.0 / p)
 
 
 def _open_clip_layer_ids(tower) -> tuple[dict[str, int], int]:
@@ -193,8 +208,10 @@ def build_timm(cfg: BackboneCfg, load_weights: bool = True, device: str | None =
         tower.set_grad_checkpointing(True)
     pcfg = tower.pretrained_cfg
     size = cfg.image_size or _size_of(pcfg.get("input_size", (3, 224, 224))[1:])
+    if cfg.gem_p is not None and hasattr(tower, "pos_embed"):
+        raise EnsError(f"backbone.gem_p: {cfg.arch} ends in tokens, not a feature map; GeM pools convolutional towers")
     return Backbone(tower, "timm", tower.num_features, size, cfg.mean or pcfg["mean"], cfg.std or pcfg["std"],
-                    cfg.freeze_bn)
+                    cfg.freeze_bn, cfg.gem_p)
 
 
 def _takes_img_size(arch: str) -> bool:

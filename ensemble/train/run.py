@@ -1,5 +1,6 @@
 """The orchestration members and students share: claim the run folder, check the recipe, train
-(resuming) or, for a WiSE-FT variant of a finished run, interpolate that run (train/wise_ft.py), save
+(resuming) or, for a WiSE-FT variant of a finished run or the same recipe under another name or other
+eval settings, derive the model from that run (train/wise_ft.py), save
 the self-describing model file, record unreadable images.
 
 What differs between them is data: a `TrainJob` names the images, targets, sampler, task and the

@@ -3,6 +3,8 @@
 A run with `backbone.wise_ft` trains exactly as the same recipe without it and interpolates at the
 end. So where that run is already trained in the workspace, the interpolation alone writes the
 same model file: a sweep over the weight costs seconds per value instead of a training run each.
+Likewise a run whose recipe key equals a finished run's (another name, other eval settings such as
+`eval.gem_p`) takes that run's weights as they are.
 """
 
 from __future__ import annotations
@@ -43,11 +45,9 @@ def fine_tuned_key(key: dict) -> dict:
 
 
 def find_fine_tuned(job) -> tuple[Path, dict] | None:
-    """(model file, its payload) of a run in the workspace of `job` (a TrainJob) trained by the
-    job's recipe without WiSE-FT, or None. Only model files whose config.yaml matches are loaded (a
-    workspace may hold many large members)."""
-    if not job.cfg.backbone.wise_ft:
-        return None
+    """(model file, its payload) of another run in the workspace of `job` (a TrainJob) trained by the
+    job's recipe without WiSE-FT (for a job without it: by the same recipe), or None. Only model files
+    whose config.yaml matches are loaded (a workspace may hold many large members)."""
     want = fine_tuned_key(job.recipe_key)
     for config in sorted(job.run_dir.parent.glob("*/config.yaml")):
         model = config.parent / MODEL_FILE
@@ -71,15 +71,20 @@ def find_fine_tuned(job) -> tuple[Path, dict] | None:
 def derive_wise_ft(job, source: Path, payload: dict) -> torch.nn.Module:
     """The model of `job` (a TrainJob) built as training would build it (same seed, so the same
     starting weights), loaded with the fine-tuned weights of `source`, its backbone interpolated by
-    `backbone.wise_ft`."""
+    `backbone.wise_ft` (without it: `source`'s weights as they are)."""
     weight = job.cfg.backbone.wise_ft
-    log.info("%s %s: WiSE-FT %s of %s (the same recipe without wise_ft, already trained); no training",
-             job.kind, job.cfg.name, weight, source)
+    if weight:
+        log.info("%s %s: WiSE-FT %s of %s (the same recipe without wise_ft, already trained); no training",
+                 job.kind, job.cfg.name, weight, source)
+    else:
+        log.info("%s %s: the weights of %s (the same recipe, already trained); no training",
+                 job.kind, job.cfg.name, source)
     torch.manual_seed(job.cfg.seed)
     model = job.build_task().model
     start = snapshot(model.backbone)
     model.load_state_dict(payload["model"])
-    interpolate(model.backbone, start, weight)
+    if weight:
+        interpolate(model.backbone, start, weight)
     return model
 
 

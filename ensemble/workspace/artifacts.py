@@ -19,6 +19,7 @@ from ..config.schema import MemberCfg, StudentCfg
 from ..errors import EnsError
 from ..fuse.reducer import PCAReducer
 from ..hashing import file_sha1
+from ..models.backbone import pool_name
 from ..models.member import EmbeddingModel, build_member_model
 from ..models.preprocess import preprocess_record
 from .layout import ENSEMBLE_FILE, MODEL_FILE, REDUCER_FILE, Workspace
@@ -66,10 +67,12 @@ def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, key: dict, kin
                **extra) -> None:
     """A self-describing model file: config to rebuild it, preprocessing, output dim (+ `extra`)."""
     bb = model.backbone
+    pooling = {"pool": pool_name(cfg.eval.gem_p), "pool_in_training": bb.describe()["pool"]} if cfg.eval.gem_p else {}
     save_checkpoint(path, {"ens_kind": kind, "config": cfg.model_dump(mode="json"), "recipe_key": key,
                            "model": model.state_dict(), **extra,
                            "preprocess": preprocess_record(bb.image_size, bb.mean, bb.std, cfg.augment.resize),
-                           "describe": {**bb.describe(), "arch": cfg.backbone.arch, "embedding_dim": model.out_dim}})
+                           "describe": {**bb.describe(), **pooling, "arch": cfg.backbone.arch,
+                                        "embedding_dim": model.out_dim}})
 
 
 def load_model_file(path: str | Path, kind: str = "member_model") -> ModelFile:
@@ -89,6 +92,8 @@ def load_model_file(path: str | Path, kind: str = "member_model") -> ModelFile:
     record = payload.get("preprocess") or payload["describe"]
     model.backbone.mean, model.backbone.std = tuple(record["mean"]), tuple(record["std"])
     model.backbone.image_size = int(record.get("size_px", record.get("image_size")))
+    if cfg.eval.gem_p:  # how the file embeds, whatever pooled in training (EvalCfg.gem_p)
+        model.backbone.gem_p = cfg.eval.gem_p
     known = {"ens_kind", "config", "recipe_key", "preprocess", "describe"}
     return ModelFile(path, kind, file_sha1(path), cfg, model.eval(), payload["recipe_key"], record,
                      payload["describe"], {k: v for k, v in payload.items() if k not in known})

@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 
+from ensemble.config.load import load_member_cfg
 from ensemble.config.schema import BackboneCfg, NeckCfg
 from ensemble.errors import EnsError
 from ensemble.models.backbone import build_backbone
@@ -77,3 +78,29 @@ def test_neck_layers():
     names = [type(m).__name__ for m in neck]
     assert names == ["Dropout", "Linear", "BatchNorm1d", "PReLU", "Dropout", "Linear", "BatchNorm1d"]
     assert neck.eval()(torch.zeros(3, 16)).shape == (3, 8)
+
+
+def test_gem_pooling_is_the_average_at_p1_and_above_it_for_larger_p():
+    torch.manual_seed(0)  # MobileNet-v1 ends in a ReLU, like every tower GeM is meant for: no negative activations
+    avg = build_backbone(BackboneCfg(source="timm", arch="mobilenetv1_100")).eval()
+    gem = build_backbone(BackboneCfg(source="timm", arch="mobilenetv1_100", gem_p=1)).eval()
+    gem.load_state_dict(avg.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(gem(x), avg(x), atol=1e-5)  # p = 1: the tower's own average pool
+        gem.gem_p = 3.0
+        pooled, fmap = gem(x), gem.tower.forward_features(x)
+    assert pooled.shape == (2, gem.out_dim)
+    want = fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+    assert torch.allclose(pooled, want, atol=1e-5) and (pooled >= avg(x).detach() - 1e-5).all()
+    assert gem.describe()["pool"] == "gem p=3" and avg.describe()["pool"] == "the tower's own"
+
+
+def test_gem_pooling_refuses_towers_without_a_feature_map(tmp_path):
+    with pytest.raises(EnsError, match="backbone.gem_p: test_vit ends in tokens, not a feature map"):
+        build_backbone(BackboneCfg(source="timm", arch="test_vit", gem_p=3))
+    (tmp_path / "data.yaml").write_text("{}\n")
+    (tmp_path / "m.yaml").write_text("data: data.yaml\nbackbone: {arch: ViT-B-32, gem_p: 3}\n")
+    with pytest.raises(EnsError, match="m.yaml: key 'backbone'.*gem_p pools a convolutional feature map: "
+                                       "source timm only, got open_clip"):
+        load_member_cfg(tmp_path / "m.yaml")

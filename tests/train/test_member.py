@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ensemble.checkpoint import load_checkpoint
 from ensemble.config.load import load_member_cfg
@@ -308,3 +309,47 @@ def test_feature_kd_keeps_the_trained_backbone_closer_to_its_start(tmp_path, coi
     kept = drift(load_model_file(tmp_path / "b" / "members" / "tiny" / "best.pt").model)
     assert kept < 0.5 * tuned, (kept, tuned)
     assert load_member_cfg(tiny_recipe(tmp_path, coil_data), sets).backbone.feature_kd is None
+
+
+def test_a_gem_pooled_member_trains_records_its_pooling_and_exports(tmp_path, coil_data):
+    """backbone.gem_p: the member trains with GeM pooling, its model file says so, and both export
+    formats reproduce its embedding (export checks each file against the package's own)."""
+    from ensemble.deploy.export import export
+
+    sets = ["backbone.source=timm", "backbone.arch=mobilenetv1_100", "backbone.image_size=32", "backbone.gem_p=3",
+            "eval.enabled=false", "stages=[{train: [all], epochs: 1}]"]
+    train_member(load_member_cfg(tiny_recipe(tmp_path, coil_data, name="gem"), sets), tmp_path / "runs")
+    file = load_model_file(tmp_path / "runs" / "members" / "gem" / "best.pt")
+    payload = load_checkpoint(tmp_path / "runs" / "members" / "gem" / "best.pt", kind="member_model")
+    assert file.model.backbone.gem_p == 3 and payload["describe"]["pool"] == "gem p=3"
+    for suffix in (".pt", ".onnx"):
+        meta = export("gem", tmp_path / "runs", tmp_path / f"gem{suffix}", sample=2,
+                      verify_manifest=str(coil_data.parent / "query.csv"))
+        assert meta["output_dim"] == 8
+
+
+def test_eval_gem_p_reuses_the_trained_weights_and_pools_them_by_gem(tmp_path, coil_data, monkeypatch):
+    """eval.gem_p is not part of the recipe: the same recipe with it (under another name) takes the
+    trained run's weights without training, and its model file embeds them pooled by GeM."""
+    sets = ["backbone.source=timm", "backbone.arch=mobilenetv1_100", "backbone.image_size=32", "eval.enabled=false",
+            "stages=[{train: [all], epochs: 1}]"]
+    recipe = tiny_recipe(tmp_path, coil_data, name="avg")
+    train_member(load_member_cfg(recipe, sets), tmp_path / "runs")
+
+    def no_training(self):
+        raise Killed("trained")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    train_member(load_member_cfg(recipe, [*sets, "eval.gem_p=3", "name=gem_eval"]), tmp_path / "runs")
+    avg = load_model_file(tmp_path / "runs" / "members" / "avg" / "best.pt")
+    gem = load_model_file(tmp_path / "runs" / "members" / "gem_eval" / "best.pt")
+    for key, value in avg.model.state_dict().items():
+        assert torch.equal(gem.model.state_dict()[key], value), key
+    assert gem.describe["pool"] == "gem p=3" and gem.describe["pool_in_training"] == "the tower's own"
+    assert avg.model.backbone.gem_p is None and gem.model.backbone.gem_p == 3
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = avg.model.backbone.tower.forward_features(x).clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+        assert torch.allclose(gem.model.embed(x, "backbone"), F.normalize(want, dim=-1), atol=1e-5)
+    with pytest.raises(EnsError, match="eval.gem_p pools a convolutional feature map: backbone.source timm only"):
+        load_member_cfg(recipe, ["eval.gem_p=3"])  # the tiny recipe's open_clip ViT

@@ -71,6 +71,7 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
                   "train_images_unreadable": len(file.failed_images),
                   "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
         baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
+        baseline.backbone.gem_p = cfg.eval.gem_p or cfg.backbone.gem_p  # pooled as the trained model embeds
         result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
         return result
 

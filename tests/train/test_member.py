@@ -10,6 +10,7 @@ from ensemble.config.load import load_member_cfg
 from ensemble.errors import EnsError
 from ensemble.train.data import train_data
 from ensemble.train.loop import Trainer
+from ensemble.train import member as member_mod
 from ensemble.train.member import build_member_task, train_member
 from ensemble.workspace import Workspace, load_model_file
 from tests.conftest import tiny_recipe
@@ -351,5 +352,14 @@ def test_eval_gem_p_reuses_the_trained_weights_and_pools_them_by_gem(tmp_path, c
     with torch.no_grad():
         want = avg.model.backbone.tower.forward_features(x).clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
         assert torch.allclose(gem.model.embed(x, "backbone"), F.normalize(want, dim=-1), atol=1e-5)
+    pooled = []
+    monkeypatch.setattr(member_mod, "evaluate_model", lambda model, cfg: pooled.append(model.backbone.gem_p) or
+                        {"backbone": {}})
+    member_mod.evaluate_member(load_member_cfg(recipe, [*sets, "eval.gem_p=3", "name=gem_eval", "eval.enabled=true"]),
+                               tmp_path / "runs" / "members" / "gem_eval")
+    assert pooled == [3, 3]  # the trained model and its untrained baseline, pooled alike
+    with pytest.raises(EnsError, match="member avg: its model file embeds with eval.gem_p None, the recipe asks for "
+                                       r"3.0; use another name \(--set name=...\) to derive that copy"):
+        train_member(load_member_cfg(recipe, [*sets, "eval.gem_p=3"]), tmp_path / "runs")  # same name: refused
     with pytest.raises(EnsError, match="eval.gem_p pools a convolutional feature map: backbone.source timm only"):
         load_member_cfg(recipe, ["eval.gem_p=3"])  # the tiny recipe's open_clip ViT

@@ -71,7 +71,10 @@ def table(result: dict) -> str:
     domains = sorted(result["rows"][0]["per_domain"])
     lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run. "
              f"{result['queries']} queries against one shared index of {result['index']} images "
-             "(configs/data/multi.yaml), pooled backbone features, flip TTA.", "",
+             "(configs/data/multi.yaml), pooled backbone features, flip TTA."
+             + (" With --keep, rows already in bench/results/multi_baselines.json (same model and size) keep the "
+                "numbers of the run that measured them; only the others were measured by this command."
+                if "--keep" in result["command"] else ""), "",
              "| backbone | px | dim | macro mP@5 | overall mP@5 | " + " | ".join(domains) + " |",
              "|---|---|---|---|---|" + "---|" * len(domains)]
     for r in result["rows"]:

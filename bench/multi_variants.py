@@ -191,6 +191,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[("member (EfficientNet-Lite2)", f"lite2_multi longer, pooled by GeM p={p:g} where it embeds (eval.gem_p: "
        "the same weights, no training)", "members/cpu/lite2_multi.yaml",
        [STAGES_12, f"eval.gem_p={p}", f"name=lite2_multi_12ep_evalgem{p:g}"]) for p in GEM_P],
+    ("member (EfficientNet-Lite2)", "lite2_multi longer + WiSE-FT 0.85, pooled by GeM p=3 where it embeds (the "
+     "12-epoch run interpolated, no training)", "members/cpu/lite2_multi.yaml",
+     [STAGES_12, "backbone.wise_ft=0.85", "eval.gem_p=3", "name=lite2_multi_12ep_wise0.85_evalgem3"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),
@@ -229,12 +232,6 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
       f"backbone.pretrained={LITE2_WEIGHTS}",
       "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
       "name=lite2_student_of_lite2_12"]),
-    ("student (EfficientNet-Lite2) of the GeM-pooled Lite2 + Lite0 ensemble", "the Lite2 student above with "
-     "teacher multi_gem, initialised from lite2_multi_12ep", STUDENT,
-     ["teacher=multi_gem", "stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
-      f"backbone.pretrained={LITE2_WEIGHTS}",
-      "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
-      "name=lite2_student_of_gem"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"

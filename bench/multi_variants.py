@@ -9,7 +9,8 @@ ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs 
 flip TTA, the recipe's eval size; a row with the bench-only `eval_px=N` scores the same trained model at
 N px instead). Members are scored on their pooled backbone feature (what the
 ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
-interpolate it (no training). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml)
+interpolate it (no training), and `eval.gem_p=P` rows take its weights as they are, pooled by GeM
+(no training). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml)
 runs first (its rows are listed last); its WiSE-FT rows take its three members with
 `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain members are not in the workspace,
 as under --only) and fuse them with its recipe.

@@ -80,6 +80,11 @@ class Backbone(nn.Module):
             return hasattr(self.tower, "positional_embedding")
         return hasattr(self.tower, "pos_embed") and not getattr(self.tower, "dynamic_img_size", False)
 
+    def check_gem(self, key: str, arch: str) -> None:
+        """Refuse GeM pooling (`key`) of a tower without a convolutional feature map to pool."""
+        if self.source != "timm" or hasattr(self.tower, "pos_embed"):
+            raise EnsError(f"{key}: {arch} ends in tokens, not a feature map; GeM pools convolutional towers")
+
     def describe(self) -> dict:
         return {"source": self.source, "out_dim": self.out_dim, "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std),
@@ -208,10 +213,11 @@ def build_timm(cfg: BackboneCfg, load_weights: bool = True, device: str | None =
         tower.set_grad_checkpointing(True)
     pcfg = tower.pretrained_cfg
     size = cfg.image_size or _size_of(pcfg.get("input_size", (3, 224, 224))[1:])
-    if cfg.gem_p is not None and hasattr(tower, "pos_embed"):
-        raise EnsError(f"backbone.gem_p: {cfg.arch} ends in tokens, not a feature map; GeM pools convolutional towers")
-    return Backbone(tower, "timm", tower.num_features, size, cfg.mean or pcfg["mean"], cfg.std or pcfg["std"],
-                    cfg.freeze_bn, cfg.gem_p)
+    backbone = Backbone(tower, "timm", tower.num_features, size, cfg.mean or pcfg["mean"], cfg.std or pcfg["std"],
+                        cfg.freeze_bn, cfg.gem_p)
+    if cfg.gem_p is not None:
+        backbone.check_gem("backbone.gem_p", cfg.arch)
+    return backbone
 
 
 def _takes_img_size(arch: str) -> bool:

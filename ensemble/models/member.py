@@ -44,6 +44,8 @@ class EmbeddingModel(nn.Module):
 def build_member_model(cfg: MemberCfg, load_weights: bool = True, device: str | None = None) -> EmbeddingModel:
     """Backbone + neck from a member (or student) recipe."""
     backbone = build_backbone(cfg.backbone, load_weights=load_weights, device=device)
+    if cfg.eval.gem_p is not None:  # refused here, before training, not when the model file is first loaded
+        backbone.check_gem("eval.gem_p", cfg.backbone.arch)
     if device == "meta":
         with torch.device("meta"):
             neck = build_neck(cfg.neck, backbone.out_dim)

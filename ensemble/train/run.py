@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..config.load import dump_cfg
@@ -59,23 +58,15 @@ class TrainJob:
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it, or if it embeds
     with another `eval.gem_p`: the model file keeps the pooling every consumer uses)."""
-    if not check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key):
+    payload = check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key)
+    if payload is None:
         return False
-    saved = saved_eval_gem_p(job.run_dir)
+    saved = payload["config"]["eval"].get("gem_p")
     if saved != job.cfg.eval.gem_p:
         raise EnsError(f"{job.kind} {job.cfg.name}: its model file embeds with eval.gem_p {saved}, the recipe asks "
                        f"for {job.cfg.eval.gem_p}; use another name (--set name=...) to derive that copy in seconds")
     log.info("%s %s is already trained; reusing %s", job.kind, job.cfg.name, job.model_path)
     return True
-
-
-def saved_eval_gem_p(run_dir: Path) -> float | None:
-    """eval.gem_p of the config the run folder's model file was written with (None if unreadable)."""
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return (saved.get("eval") or {}).get("gem_p")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return None
 
 
 def run_training(job: TrainJob) -> bool:

@@ -41,12 +41,13 @@ def run_lock(run_dir: Path, active: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
-def check_recipe(path: Path, kind: str, key: dict) -> bool:
-    """Whether checkpoint `path` exists; refused if another recipe wrote it."""
+def check_recipe(path: Path, kind: str, key: dict) -> dict | None:
+    """Checkpoint `path`'s payload, None where it does not exist; refused if another recipe wrote it."""
     if not path.exists():
-        return False
-    check_same_recipe(path, load_checkpoint(path, kind=kind)["recipe_key"], key)
-    return True
+        return None
+    payload = load_checkpoint(path, kind=kind)
+    check_same_recipe(path, payload["recipe_key"], key)
+    return payload
 
 
 def check_resume_recipe(run_dir: Path, kind: str, key: dict) -> None:

@@ -67,12 +67,13 @@ def save_model(path: Path, model: EmbeddingModel, cfg: MemberCfg, key: dict, kin
                **extra) -> None:
     """A self-describing model file: config to rebuild it, preprocessing, output dim (+ `extra`)."""
     bb = model.backbone
-    pooling = {"pool": pool_name(cfg.eval.gem_p), "pool_in_training": bb.describe()["pool"]} if cfg.eval.gem_p else {}
+    describe = {**bb.describe(), "arch": cfg.backbone.arch, "embedding_dim": model.out_dim}
+    if cfg.eval.gem_p:  # the file embeds by GeM whatever pooled in training (load_model_file)
+        describe.update(pool=pool_name(cfg.eval.gem_p), pool_in_training=describe["pool"])
     save_checkpoint(path, {"ens_kind": kind, "config": cfg.model_dump(mode="json"), "recipe_key": key,
                            "model": model.state_dict(), **extra,
                            "preprocess": preprocess_record(bb.image_size, bb.mean, bb.std, cfg.augment.resize),
-                           "describe": {**bb.describe(), **pooling, "arch": cfg.backbone.arch,
-                                        "embedding_dim": model.out_dim}})
+                           "describe": describe})
 
 
 def load_model_file(path: str | Path, kind: str = "member_model") -> ModelFile:

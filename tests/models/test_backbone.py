@@ -7,6 +7,7 @@ from ensemble.config.load import load_member_cfg
 from ensemble.config.schema import BackboneCfg, NeckCfg
 from ensemble.errors import EnsError
 from ensemble.models.backbone import build_backbone
+from ensemble.models.member import build_member_model
 from ensemble.models.neck import build_neck
 from tests.conftest import MOBILENET_V1, TINY_VIT, need_shared
 
@@ -100,6 +101,10 @@ def test_gem_pooling_refuses_towers_without_a_feature_map(tmp_path):
     with pytest.raises(EnsError, match="backbone.gem_p: test_vit ends in tokens, not a feature map"):
         build_backbone(BackboneCfg(source="timm", arch="test_vit", gem_p=3))
     (tmp_path / "data.yaml").write_text("{}\n")
+    vit = tmp_path / "vit.yaml"
+    vit.write_text("data: data.yaml\nbackbone: {source: timm, arch: test_vit}\neval: {gem_p: 3}\n")
+    with pytest.raises(EnsError, match="eval.gem_p: test_vit ends in tokens, not a feature map"):
+        build_member_model(load_member_cfg(vit))  # before training, not at the first load of its model file
     (tmp_path / "m.yaml").write_text("data: data.yaml\nbackbone: {arch: ViT-B-32, gem_p: 3}\n")
     with pytest.raises(EnsError, match="m.yaml: key 'backbone'.*gem_p pools a convolutional feature map: "
                                        "source timm only, got open_clip"):

@@ -10,10 +10,11 @@ flip TTA, the recipe's eval size; a row with the bench-only `eval_px=N` scores t
 N px instead). Members are scored on their pooled backbone feature (what the
 ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
 interpolate it (no training), and `eval.gem_p=P` rows take its weights as they are, pooled by GeM
-(no training). The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml)
-runs first (its rows are listed last); its WiSE-FT rows take its three members with
-`backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain members are not in the workspace,
-as under --only) and fuse them with its recipe.
+(no training). The HEADS_12 rows train the 12-epoch Lite0 recipe with the margin heads of
+GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6. The
+leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed
+last); its WiSE-FT rows take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it
+where the plain members are not in the workspace, as under --only) and fuse them with its recipe.
 Nothing here is fitted on query or index images except the row labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
@@ -64,6 +65,12 @@ TWO_BEST = "lite2_multi,lite0_multi_long_12ep"  # the strongest Lite2 and Lite0 
 LITE2_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite2.mli_in1k.safetensors"
 TWO_BEST_12 = "lite2_multi_12ep,lite0_multi_long_12ep"  # the same with the 12-epoch Lite2 member
 GEM_P = (3.0, 6.0)  # GeM exponents tried at eval on the 12-epoch members (eval.gem_p)
+# margin heads of the GUIE top solutions (DOMAIN.md), each on the 12-epoch Lite0 recipe: (variant, --set, name suffix)
+HEADS_12 = (
+    ("dynamic margin 0.1 + 0.1 per epoch up to 0.8 (GUIE 2nd place)",
+     "head.margin_schedule={start: 0.1, step: 0.1, max: 0.8}", "dynmargin"),
+    ("sub-center ArcFace, 3 centres per class (GUIE 3rd, 4th, 6th place)", "head.subcenters=3", "sub3"),
+)
 TWO_GEM = "lite2_multi_12ep_evalgem3,lite0_multi_long_12ep_evalgem3"  # those two pooled by GeM p=3
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
@@ -158,8 +165,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
+    *[(f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
+       "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
+      for family, name in (("MobileNet-v1", "mnv1_multi"), ("MobileNet-v2", "mnv2_multi"))],
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),
+    ("member (EfficientNet-Lite0)", "lite0_multi, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, "
+     "no training)", "members/cpu/lite0_multi.yaml", ["eval.gem_p=3", "name=lite0_multi_evalgem3"]),
     ("member (EfficientNet-Lite0)", "longer (lite0_multi_long): 160 px, 1 epoch head + 6 epochs all",
      "members/cpu/lite0_multi_long.yaml", []),
     ("member (EfficientNet-Lite0)", "longer still: 160 px, 1 epoch head + 12 epochs all",
@@ -171,6 +183,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[("member (EfficientNet-Lite0)", f"longer still, pooled by GeM p={p:g} where it embeds (eval.gem_p: the same "
        "weights, no training)", "members/cpu/lite0_multi_long.yaml",
        [STAGES_12, f"eval.gem_p={p}", f"name=lite0_multi_long_12ep_evalgem{p:g}"]) for p in GEM_P],
+    *[("member (EfficientNet-Lite0)", f"longer still + {text}", "members/cpu/lite0_multi_long.yaml",
+       [STAGES_12, override, f"name=lite0_multi_long_12ep_{suffix}"]) for text, override, suffix in HEADS_12],
+    *[("member (EfficientNet-Lite0)", f"longer still + {text}, pooled by GeM p=6 where it embeds (no training)",
+       "members/cpu/lite0_multi_long.yaml", [STAGES_12, override, "eval.gem_p=6",
+                                             f"name=lite0_multi_long_12ep_{suffix}_evalgem6"])
+      for text, override, suffix in HEADS_12],
     ("member (EfficientNet-Lite2)", "lite2_multi: the lite0_multi_long recipe on Lite2, 224 px, eval 260 px",
      "members/cpu/lite2_multi.yaml", []),
     *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",

@@ -11,7 +11,8 @@ N px instead). Members are scored on their pooled backbone feature (what the
 ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
 interpolate it (no training), and `eval.gem_p=P` rows take its weights as they are, pooled by GeM
 (no training). The HEADS_12 rows train the 12-epoch Lite0 recipe with the margin heads of
-GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6. The
+GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (and the
+sub-centre run once more with another seed, for the run-to-run noise). The
 leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed
 last); its WiSE-FT rows take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it
 where the plain members are not in the workspace, as under --only) and fuse them with its recipe.
@@ -189,6 +190,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
        "members/cpu/lite0_multi_long.yaml", [STAGES_12, override, "eval.gem_p=6",
                                              f"name=lite0_multi_long_12ep_{suffix}_evalgem6"])
       for text, override, suffix in HEADS_12],
+    ("member (EfficientNet-Lite0)", "longer still + sub-center ArcFace, reseeded (seed 3 instead of 2: run-to-run "
+     "noise)", "members/cpu/lite0_multi_long.yaml",
+     [STAGES_12, "head.subcenters=3", "seed=3", "name=lite0_multi_long_12ep_sub3_seed3"]),
     ("member (EfficientNet-Lite2)", "lite2_multi: the lite0_multi_long recipe on Lite2, 224 px, eval 260 px",
      "members/cpu/lite2_multi.yaml", []),
     *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",

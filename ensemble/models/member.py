@@ -52,3 +52,10 @@ def build_member_model(cfg: MemberCfg, load_weights: bool = True, device: str | 
     else:
         neck = build_neck(cfg.neck, backbone.out_dim)
     return EmbeddingModel(backbone, neck)
+
+
+def pool_as_embedded(model: EmbeddingModel, cfg: MemberCfg) -> EmbeddingModel:
+    """`model` pooled as its recipe embeds: by GeM `eval.gem_p` where set, whatever pooled in training."""
+    if cfg.eval.gem_p:
+        model.backbone.gem_p = cfg.eval.gem_p
+    return model

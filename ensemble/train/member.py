@@ -13,7 +13,7 @@ from ..data.sampler import ClassBalancedSampler, class_domains
 from ..distributed import world
 from ..evaluate.model import eval_key, evaluate_model
 from ..losses.margin import build_head
-from ..models.member import build_member_model
+from ..models.member import build_member_model, pool_as_embedded
 from ..tasks.classify import ClassifyTask
 from ..workspace.artifacts import load_model_file
 from ..workspace.layout import MODEL_FILE, Workspace
@@ -70,8 +70,7 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
         result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size,
                   "train_images_unreadable": len(file.failed_images),
                   "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
-        baseline = build_member_model(cfg)  # the same backbone with its pretrained weights, untrained
-        baseline.backbone.gem_p = cfg.eval.gem_p or cfg.backbone.gem_p  # pooled as the trained model embeds
+        baseline = pool_as_embedded(build_member_model(cfg), cfg)  # the same backbone, untrained, pooled alike
         result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
         return result
 

@@ -20,7 +20,7 @@ from ..errors import EnsError
 from ..fuse.reducer import PCAReducer
 from ..hashing import file_sha1
 from ..models.backbone import pool_name
-from ..models.member import EmbeddingModel, build_member_model
+from ..models.member import EmbeddingModel, build_member_model, pool_as_embedded
 from ..models.preprocess import preprocess_record
 from .layout import ENSEMBLE_FILE, MODEL_FILE, REDUCER_FILE, Workspace
 
@@ -93,8 +93,7 @@ def load_model_file(path: str | Path, kind: str = "member_model") -> ModelFile:
     record = payload.get("preprocess") or payload["describe"]
     model.backbone.mean, model.backbone.std = tuple(record["mean"]), tuple(record["std"])
     model.backbone.image_size = int(record.get("size_px", record.get("image_size")))
-    if cfg.eval.gem_p:  # how the file embeds, whatever pooled in training (EvalCfg.gem_p)
-        model.backbone.gem_p = cfg.eval.gem_p
+    pool_as_embedded(model, cfg)
     known = {"ens_kind", "config", "recipe_key", "preprocess", "describe"}
     return ModelFile(path, kind, file_sha1(path), cfg, model.eval(), payload["recipe_key"], record,
                      payload["describe"], {k: v for k, v in payload.items() if k not in known})

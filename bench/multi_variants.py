@@ -123,6 +123,12 @@ def lodo_wise_rows(weight: float, concat: bool = False,
               for w in neighbour_weights]]
 
 
+def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
+    """A main-job member's variant row: its weights as they are, pooled by GeM p=3 (eval.gem_p, no training)."""
+    return (f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
+            "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
+
+
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: signed sqrt, learned-64 (train labels + neighbour term), fitted on train",
      ENSEMBLE, []),
@@ -166,13 +172,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
-    *[(f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
-       "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
-      for family, name in (("MobileNet-v1", "mnv1_multi"), ("MobileNet-v2", "mnv2_multi"))],
+    main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),
-    ("member (EfficientNet-Lite0)", "lite0_multi, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, "
-     "no training)", "members/cpu/lite0_multi.yaml", ["eval.gem_p=3", "name=lite0_multi_evalgem3"]),
+    main_job_gem_row("EfficientNet-Lite0", "lite0_multi"),
     ("member (EfficientNet-Lite0)", "longer (lite0_multi_long): 160 px, 1 epoch head + 6 epochs all",
      "members/cpu/lite0_multi_long.yaml", []),
     ("member (EfficientNet-Lite0)", "longer still: 160 px, 1 epoch head + 12 epochs all",

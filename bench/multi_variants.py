@@ -13,10 +13,11 @@ interpolate it (no training), and `eval.gem_p=P` rows take its weights as they a
 (no training). The HEADS_12 rows train the 12-epoch Lite0 recipe with the margin heads of
 GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (and the
 sub-centre run once more with another seed, for the run-to-run noise); the sub-centre head is
-also trained on the 12-epoch Lite2 recipe, pooled by GeM p=3 and 6, WiSE-FT interpolated,
-and both. The leave-domain-out pipeline (configs/pipelines/multi_lodo_cpu.yaml) runs first (its
-rows are listed last); its WiSE-FT rows take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it
-where the plain members are not in the workspace, as under --only) and fuse them with its recipe.
+also trained on the 12-epoch Lite2 recipe (members/cpu/lite2_multi_long.yaml), average-pooled
+and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both. The leave-domain-out pipeline
+(configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
+take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
+members are not in the workspace, as under --only) and fuse them with its recipe.
 Nothing here is fitted on query or index images except the row labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
@@ -67,6 +68,8 @@ TWO_BEST = "lite2_multi,lite0_multi_long_12ep"  # the strongest Lite2 and Lite0 
 LITE2_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite2.mli_in1k.safetensors"
 TWO_BEST_12 = "lite2_multi_12ep,lite0_multi_long_12ep"  # the same with the 12-epoch Lite2 member
 GEM_P = (3.0, 6.0)  # GeM exponents tried at eval on the 12-epoch members (eval.gem_p)
+# the 12-epoch Lite2 recipe with sub-centres, pooled by GeM p=3: its rows set eval.gem_p (null: average-pooled)
+LITE2_LONG = "members/cpu/lite2_multi_long.yaml"
 SUBCENTRES, SUBCENTRES_SET = "sub-center ArcFace, 3 centres per class (GUIE 3rd, 4th, 6th place)", "head.subcenters=3"
 # margin heads of the GUIE top solutions (DOMAIN.md), each on the 12-epoch Lite0 recipe: (variant, --set, name suffix)
 HEADS_12 = (
@@ -222,19 +225,16 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer + WiSE-FT 0.85, pooled by GeM p=3 where it embeds (the "
      "12-epoch run interpolated, no training)", "members/cpu/lite2_multi.yaml",
      [STAGES_12, "backbone.wise_ft=0.85", "eval.gem_p=3", "name=lite2_multi_12ep_wise0.85_evalgem3"]),
-    ("member (EfficientNet-Lite2)", f"lite2_multi longer + {SUBCENTRES}", "members/cpu/lite2_multi.yaml",
-     [STAGES_12, SUBCENTRES_SET, "name=lite2_multi_12ep_sub3"]),
+    ("member (EfficientNet-Lite2)", f"lite2_multi longer + {SUBCENTRES}", LITE2_LONG,
+     ["eval.gem_p=null", "name=lite2_multi_12ep_sub3"]),
     *[("member (EfficientNet-Lite2)", f"lite2_multi longer + {SUBCENTRES}, pooled by GeM p={p:g} where it embeds "
-       "(no training)", "members/cpu/lite2_multi.yaml",
-       [STAGES_12, SUBCENTRES_SET, f"eval.gem_p={p}", f"name=lite2_multi_12ep_sub3_evalgem{p:g}"]) for p in GEM_P],
+       "(no training)", LITE2_LONG, [f"eval.gem_p={p}", f"name=lite2_multi_12ep_sub3_evalgem{p:g}"]) for p in GEM_P],
     *[("member (EfficientNet-Lite2)", f"lite2_multi longer + sub-center ArcFace + WiSE-FT {w} (that run "
-       "interpolated, no training)", "members/cpu/lite2_multi.yaml",
-       [STAGES_12, SUBCENTRES_SET, f"backbone.wise_ft={w}", f"name=lite2_multi_12ep_sub3_wise{w}"])
-      for w in WISE_LITE2],
+       "interpolated, no training)", LITE2_LONG,
+       [f"backbone.wise_ft={w}", "eval.gem_p=null", f"name=lite2_multi_12ep_sub3_wise{w}"]) for w in WISE_LITE2],
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace + WiSE-FT 0.7, pooled by GeM p=3 "
-     "where it embeds (that run interpolated, no training)", "members/cpu/lite2_multi.yaml",
-     [STAGES_12, SUBCENTRES_SET, "backbone.wise_ft=0.7", "eval.gem_p=3",
-      "name=lite2_multi_12ep_sub3_wise0.7_evalgem3"]),
+     "where it embeds (that run interpolated, no training)", LITE2_LONG,
+     ["backbone.wise_ft=0.7", "name=lite2_multi_12ep_sub3_wise0.7_evalgem3"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),

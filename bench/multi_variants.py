@@ -235,6 +235,11 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace + WiSE-FT 0.7, pooled by GeM p=3 "
      "where it embeds (that run interpolated, no training)", LITE2_LONG,
      ["backbone.wise_ft=0.7", "name=lite2_multi_12ep_sub3_wise0.7_evalgem3"]),
+    ("member (EfficientNet-Lite2)", f"lite2_multi longer + {SUBCENTRES}, reseeded (seed 3 instead of 2: "
+     "run-to-run noise)", LITE2_LONG, ["seed=3", "eval.gem_p=null", "name=lite2_multi_12ep_sub3_seed3"]),
+    ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, reseeded, pooled by GeM p=3 where it "
+     "embeds (no training): the shipped lite2_multi_long recipe at seed 3", LITE2_LONG,
+     ["seed=3", "name=lite2_multi_12ep_sub3_seed3_evalgem3"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),

@@ -14,7 +14,8 @@ interpolate it (no training), and `eval.gem_p=P` rows take its weights as they a
 GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (and the
 sub-centre run once more with another seed, for the run-to-run noise); the sub-centre head is
 also trained on the 12-epoch Lite2 recipe (members/cpu/lite2_multi_long.yaml), average-pooled
-and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both. The leave-domain-out pipeline
+and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both, and reseeded (seed 3; average-pooled
+and GeM p=3). The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
 members are not in the workspace, as under --only) and fuse them with its recipe.

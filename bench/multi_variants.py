@@ -15,11 +15,13 @@ GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (a
 sub-centre run once more with another seed, for the run-to-run noise); the sub-centre head is
 also trained on the 12-epoch Lite2 recipe (members/cpu/lite2_multi_long.yaml), average-pooled
 and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both, and reseeded (seed 3; average-pooled
-and GeM p=3). The leave-domain-out pipeline
+and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apart, and with the
+12-epoch Lite0; each seed alone as a control), and a Lite2 student distils the three-member one.
+The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
 members are not in the workspace, as under --only) and fuse them with its recipe.
-Nothing here is fitted on query or index images except the row labelled transductive.
+Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
@@ -79,6 +81,14 @@ HEADS_12 = (
     (SUBCENTRES, SUBCENTRES_SET, "sub3"),
 )
 TWO_GEM = "lite2_multi_12ep_evalgem3,lite0_multi_long_12ep_evalgem3"  # those two pooled by GeM p=3
+# the two seeds (2, 3) of the shipped sub-centre Lite2 recipe, pooled by GeM p=3 as shipped; one architecture, so
+# `ens fuse` averages them (merge: mean) unless merge: concat keeps one group per member
+LITE2_SEEDS = "lite2_multi_12ep_sub3_evalgem3,lite2_multi_12ep_sub3_seed3_evalgem3"
+SEEDS_STEP = "ensemble (two seeds of the sub-centre Lite2 recipe, GeM p=3)"
+SEEDS_LITE0 = f"{LITE2_SEEDS},lite0_multi_long_12ep_evalgem3"  # and the 12-epoch Lite0 pooled by GeM p=3
+# the student recipe moved to Lite2 (224 px, eval 260 px, 2 epochs instead of 4); rows add teacher and init_from
+LITE2_STUDENT = ["stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
+                 f"backbone.pretrained={LITE2_WEIGHTS}", "backbone.image_size=224", "eval.image_size=260"]
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -98,14 +108,15 @@ def variant_name(recipe: str, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", f"{stem}__{suffix}".replace("null", "none"))
 
 
-def pair_rows(step: str, members: str, name: str) -> list[tuple[str, str, str, list[str]]]:
-    """The ensemble recipe, the signed-sqrt concatenation and PCA-64 on two members ("a,b")."""
-    pair = f"members=[{members}]"
-    return [(step, f"the recipe on {' and '.join(members.split(','))}", ENSEMBLE, [pair, f"name={name}"]),
-            (step, "the two, signed sqrt concatenation (2,560-d)", ENSEMBLE,
-             [pair, "projection=pca", "pca=null", f"name={name}_concat"]),
-            (step, "the two, signed sqrt, PCA-64 fitted on train", ENSEMBLE,
-             [pair, "projection=pca", f"name={name}_pca"])]
+def pair_rows(step: str, members: str, name: str, fused: str = "the two, signed sqrt concatenation (2,560-d)",
+              reduced: str = "the two, signed sqrt, PCA-64 fitted on train",
+              extra: tuple[str, ...] = ()) -> list[tuple[str, str, str, list[str]]]:
+    """The ensemble recipe, its fused features without projection and PCA-64 (`fused`, `reduced`: their variant
+    texts) on members "a,b,..."; `extra` overrides (e.g. merge=concat) go to all three."""
+    sets, said = [f"members=[{members}]", *extra], "".join(f", {o.replace('=', ': ')}" for o in extra)
+    return [(step, f"the recipe on {' and '.join(members.split(','))}{said}", ENSEMBLE, [*sets, f"name={name}"]),
+            (step, fused, ENSEMBLE, [*sets, "projection=pca", "pca=null", f"name={name}_concat"]),
+            (step, reduced, ENSEMBLE, [*sets, "projection=pca", f"name={name}_pca"])]
 
 
 def lodo_wise_rows(weight: float, concat: bool = False,
@@ -270,15 +281,34 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "their labels unused (transductive)", ENSEMBLE,
      [f"members=[{TWO_BEST_12}]", "learned.label_weight=0", "fit_on=index", "name=multi_lite2_12_nbonly_index"]),
     *pair_rows("ensemble (Lite2 12 epochs + Lite0 12 epochs, both pooled by GeM p=3)", TWO_GEM, "multi_gem"),
+    *pair_rows(SEEDS_STEP, LITE2_SEEDS, "multi_lite2_seeds",
+               "the two averaged (merge: mean), signed sqrt, no projection (1,280-d)",
+               "the two averaged, signed sqrt, PCA-64 fitted on train"),
+    *pair_rows(SEEDS_STEP, LITE2_SEEDS, "multi_lite2_seeds_cat",
+               "the two kept apart (merge: concat), signed sqrt concatenation (2,560-d)",
+               "the two kept apart, signed sqrt, PCA-64 fitted on train", extra=("merge=concat",)),
+    *[(SEEDS_STEP, f"control: {member} alone, the recipe's signed sqrt + learned-64", ENSEMBLE,
+       [f"members=[{member}]", f"name=multi_{member}_alone"]) for member in LITE2_SEEDS.split(",")],
+    *pair_rows(SEEDS_STEP, SEEDS_LITE0, "multi_lite2_seeds_lite0",
+               "the two averaged + the 12-epoch Lite0 (GeM p=3), signed sqrt concatenation (2,560-d)",
+               "the two averaged + that Lite0, signed sqrt, PCA-64 fitted on train"),
+    *[(SEEDS_STEP, f"the three, signed sqrt, learned-{dims} fitted on train (what 64 dimensions cost)", ENSEMBLE,
+       [f"members=[{SEEDS_LITE0}]", f"pca={dims}", f"name=multi_lite2_seeds_lite0_learned{dims}"])
+      for dims in (128, 256)],
+    (SEEDS_STEP, "the three, neighbour term only, fitted on the index images, their labels unused (transductive)",
+     ENSEMBLE, [f"members=[{SEEDS_LITE0}]", "learned.label_weight=0", "fit_on=index",
+                "name=multi_lite2_seeds_lite0_nbonly_index"]),
     ("student (EfficientNet-Lite0) of the Lite2 + Lite0 ensemble", "the student recipe with teacher "
      "multi_lite2_12, initialised from lite0_multi_long_12ep", STUDENT,
      ["teacher=multi_lite2_12", "backbone.init_from=lite0_multi_long_12ep", "name=lite0_student_of_lite2_12"]),
     ("student (EfficientNet-Lite2) of the Lite2 + Lite0 ensemble", "the student recipe on Lite2 (224 px, eval "
      "260 px, 2 epochs instead of 4) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
-     ["teacher=multi_lite2_12", "stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
-      f"backbone.pretrained={LITE2_WEIGHTS}",
-      "backbone.init_from=lite2_multi_12ep", "backbone.image_size=224", "eval.image_size=260",
+     ["teacher=multi_lite2_12", *LITE2_STUDENT, "backbone.init_from=lite2_multi_12ep",
       "name=lite2_student_of_lite2_12"]),
+    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same Lite2 student with teacher "
+     "multi_lite2_seeds_lite0 (64-d recipe), initialised from lite2_multi_12ep_sub3 (the shipped seed)", STUDENT,
+     ["teacher=multi_lite2_seeds_lite0", *LITE2_STUDENT, "backbone.init_from=lite2_multi_12ep_sub3",
+      "name=lite2_student_of_lite2_seeds_lite0"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"

@@ -26,7 +26,9 @@ configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of mu
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
 --only, just the rows whose step or variant contains one of the texts are run and the others are
-kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows).
+kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows;
+but rows of variants that an invocation's own VARIANTS does not list are dropped when it saves, so a
+row added to VARIANTS while another invocation runs must be run again after that one ends).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ TWO_GEM = "lite2_multi_12ep_evalgem3,lite0_multi_long_12ep_evalgem3"  # those tw
 LITE2_SEEDS = "lite2_multi_12ep_sub3_evalgem3,lite2_multi_12ep_sub3_seed3_evalgem3"
 SEEDS_STEP = "ensemble (two seeds of the sub-centre Lite2 recipe, GeM p=3)"
 SEEDS_LITE0 = f"{LITE2_SEEDS},lite0_multi_long_12ep_evalgem3"  # and the 12-epoch Lite0 pooled by GeM p=3
+# the two seeds of the 12-epoch sub-centre Lite0 run pooled by GeM p=3: (variant text, --set, member name)
+LITE0_SUB3_GEM3 = (("", [], "lite0_multi_long_12ep_sub3_evalgem3"),
+                   (", reseeded (seed 3)", ["seed=3"], "lite0_multi_long_12ep_sub3_seed3_evalgem3"))
 # the student recipe moved to Lite2 (224 px, eval 260 px, 2 epochs instead of 4); rows add teacher and init_from
 LITE2_STUDENT = ["stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
                  f"backbone.pretrained={LITE2_WEIGHTS}", "backbone.image_size=224", "eval.image_size=260"]
@@ -213,6 +218,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite0)", "longer still + sub-center ArcFace, reseeded (seed 3 instead of 2: run-to-run "
      "noise)", "members/cpu/lite0_multi_long.yaml",
      [STAGES_12, SUBCENTRES_SET, "seed=3", "name=lite0_multi_long_12ep_sub3_seed3"]),
+    *[("member (EfficientNet-Lite0)", f"longer still + sub-center ArcFace{said}, pooled by GeM p=3 where it embeds "
+       "(no training; the Lite2 rows' exponent)", "members/cpu/lite0_multi_long.yaml",
+       [STAGES_12, SUBCENTRES_SET, *sets, "eval.gem_p=3", f"name={name}"]) for said, sets, name in LITE0_SUB3_GEM3],
     ("member (EfficientNet-Lite2)", "lite2_multi: the lite0_multi_long recipe on Lite2, 224 px, eval 260 px",
      "members/cpu/lite2_multi.yaml", []),
     *[("member (EfficientNet-Lite2)", f"lite2_multi + WiSE-FT {w} (interpolated, no training)",
@@ -292,6 +300,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *pair_rows(SEEDS_STEP, SEEDS_LITE0, "multi_lite2_seeds_lite0",
                "the two averaged + the 12-epoch Lite0 (GeM p=3), signed sqrt concatenation (2,560-d)",
                "the two averaged + that Lite0, signed sqrt, PCA-64 fitted on train"),
+    *pair_rows("ensemble (two Lite2 seeds + three Lite0 runs, all pooled by GeM p=3)",
+               ",".join([SEEDS_LITE0, *(name for _, _, name in LITE0_SUB3_GEM3)]), "multi_lite2_seeds_lite0x3",
+               "the five, Lite2s averaged and Lite0s averaged, signed sqrt concatenation (2,560-d)",
+               "the five, signed sqrt, PCA-64 fitted on train"),
     *[(SEEDS_STEP, f"the three, signed sqrt, learned-{dims} fitted on train (what 64 dimensions cost)", ENSEMBLE,
        [f"members=[{SEEDS_LITE0}]", f"pca={dims}", f"name=multi_lite2_seeds_lite0_learned{dims}"])
       for dims in (128, 256)],

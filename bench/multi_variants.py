@@ -15,8 +15,10 @@ GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (a
 sub-centre run once more with another seed, for the run-to-run noise); the sub-centre head is
 also trained on the 12-epoch Lite2 recipe (members/cpu/lite2_multi_long.yaml), average-pooled
 and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both, and reseeded (seed 3; average-pooled
-and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apart, and with the
-12-epoch Lite0; each seed alone as a control), and a Lite2 student distils the three-member one.
+and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apart, with the
+12-epoch Lite0, and with the two sub-centre Lite0 seeds too, pooled by GeM p=3; each seed alone as a
+control; the three-member one also at 128/256 dims and fitted on the index, transductive), and a
+Lite2 student distils the three-member one (2 and 3 epochs).
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
@@ -321,6 +323,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "multi_lite2_seeds_lite0 (64-d recipe), initialised from lite2_multi_12ep_sub3 (the shipped seed)", STUDENT,
      ["teacher=multi_lite2_seeds_lite0", *LITE2_STUDENT, "backbone.init_from=lite2_multi_12ep_sub3",
       "name=lite2_student_of_lite2_seeds_lite0"]),
+    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same, 3 epochs instead of 2",
+     STUDENT, ["teacher=multi_lite2_seeds_lite0", *LITE2_STUDENT, "stages=[{train: [all], epochs: 3}]",
+               "backbone.init_from=lite2_multi_12ep_sub3", "name=lite2_student_of_lite2_seeds_lite0_3ep"]),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"

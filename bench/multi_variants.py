@@ -93,9 +93,6 @@ SEEDS_LITE0 = f"{LITE2_SEEDS},lite0_multi_long_12ep_evalgem3"  # and the 12-epoc
 # the two seeds of the 12-epoch sub-centre Lite0 run pooled by GeM p=3: (variant text, --set, member name)
 LITE0_SUB3_GEM3 = (("", [], "lite0_multi_long_12ep_sub3_evalgem3"),
                    (", reseeded (seed 3)", ["seed=3"], "lite0_multi_long_12ep_sub3_seed3_evalgem3"))
-# the student recipe moved to Lite2 (224 px, eval 260 px, 2 epochs instead of 4); rows add teacher and init_from
-LITE2_STUDENT = ["stages=[{train: [all], epochs: 2}]", "backbone.arch=tf_efficientnet_lite2",
-                 f"backbone.pretrained={LITE2_WEIGHTS}", "backbone.image_size=224", "eval.image_size=260"]
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -124,6 +121,13 @@ def pair_rows(step: str, members: str, name: str, fused: str = "the two, signed 
     return [(step, f"the recipe on {' and '.join(members.split(','))}{said}", ENSEMBLE, [*sets, f"name={name}"]),
             (step, fused, ENSEMBLE, [*sets, "projection=pca", "pca=null", f"name={name}_concat"]),
             (step, reduced, ENSEMBLE, [*sets, "projection=pca", f"name={name}_pca"])]
+
+
+def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> list[str]:
+    """The student recipe moved to Lite2 (224 px, eval 260 px, `epochs` instead of 4), distilled from `teacher`."""
+    return [f"teacher={teacher}", f"stages=[{{train: [all], epochs: {epochs}}}]", "backbone.arch=tf_efficientnet_lite2",
+            f"backbone.pretrained={LITE2_WEIGHTS}", f"backbone.init_from={init_from}", "backbone.image_size=224",
+            "eval.image_size=260", f"name={name}"]
 
 
 def lodo_wise_rows(weight: float, concat: bool = False,
@@ -317,15 +321,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["teacher=multi_lite2_12", "backbone.init_from=lite0_multi_long_12ep", "name=lite0_student_of_lite2_12"]),
     ("student (EfficientNet-Lite2) of the Lite2 + Lite0 ensemble", "the student recipe on Lite2 (224 px, eval "
      "260 px, 2 epochs instead of 4) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
-     ["teacher=multi_lite2_12", *LITE2_STUDENT, "backbone.init_from=lite2_multi_12ep",
-      "name=lite2_student_of_lite2_12"]),
-    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same Lite2 student with teacher "
-     "multi_lite2_seeds_lite0 (64-d recipe), initialised from lite2_multi_12ep_sub3 (the shipped seed)", STUDENT,
-     ["teacher=multi_lite2_seeds_lite0", *LITE2_STUDENT, "backbone.init_from=lite2_multi_12ep_sub3",
-      "name=lite2_student_of_lite2_seeds_lite0"]),
-    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same, 3 epochs instead of 2",
-     STUDENT, ["teacher=multi_lite2_seeds_lite0", *LITE2_STUDENT, "stages=[{train: [all], epochs: 3}]",
-               "backbone.init_from=lite2_multi_12ep_sub3", "name=lite2_student_of_lite2_seeds_lite0_3ep"]),
+     lite2_student("multi_lite2_12", "lite2_multi_12ep", "lite2_student_of_lite2_12")),
+    *[("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", variant, STUDENT,
+       lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3", name, epochs))
+      for variant, name, epochs in (
+          ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
+           "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
+          ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"

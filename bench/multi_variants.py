@@ -22,7 +22,8 @@ Lite2 student distils the three-member one (2 and 3 epochs).
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
-members are not in the workspace, as under --only) and fuse them with its recipe.
+members are not in the workspace, as under --only) and fuse them with its recipe (the 0.3 ones also
+without labels: PCA-64, and the learned projection with its neighbour term only).
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
@@ -130,11 +131,12 @@ def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> l
             "eval.image_size=260", f"name={name}"]
 
 
-def lodo_wise_rows(weight: float, concat: bool = False,
-                   neighbour_weights: tuple[float, ...] = ()) -> list[tuple[str, str, str, list[str]]]:
+def lodo_wise_rows(weight: float, concat: bool = False, neighbour_weights: tuple[float, ...] = (),
+                   reducers: tuple[tuple[str, list[str], str], ...] = ()) -> list[tuple[str, str, str, list[str]]]:
     """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
-    the leave-domain-out ensemble recipe on them, (`concat`) their concatenation without projection
-    and that recipe with each of `neighbour_weights` for its neighbour term."""
+    the leave-domain-out ensemble recipe on them, (`concat`) their concatenation without projection,
+    that recipe with each of `neighbour_weights` for its neighbour term, and each of `reducers`
+    (variant text, overrides of the ensemble recipe, ensemble name suffix)."""
     step = f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members"
     families = ("mnv1", "mnv2", "lite0")
     rows = [(step, f"{f}_lodo + WiSE-FT {weight}", f"members/cpu/{f}_lodo.yaml", [f"backbone.wise_ft={weight}"])
@@ -148,7 +150,9 @@ def lodo_wise_rows(weight: float, concat: bool = False,
               if concat else []),
             *[(step, f"the same ensemble, neighbour term x{w:g}", LODO_ENSEMBLE,
                [f"members=[{members}]", f"learned.neighbour_weight={w}", f"name=multi_lodo_wise{suffix}_nb{w:g}"])
-              for w in neighbour_weights]]
+              for w in neighbour_weights],
+            *[(step, text, LODO_ENSEMBLE, [f"members=[{members}]", *sets, f"name=multi_lodo_wise{suffix}_{tag}"])
+              for text, sets, tag in reducers]]
 
 
 def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
@@ -156,6 +160,12 @@ def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
     return (f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
             "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
+
+LODO_REDUCERS = (  # 64-d reductions of the leave-domain-out WiSE-FT 0.3 members' concatenation, none using labels
+    ("the same members, signed sqrt + PCA-64 fitted on train", ["projection=pca"], "pca"),
+    ("the same members, learned-64 with the neighbour term only (learned.label_weight 0: no labels)",
+     ["learned.label_weight=0"], "nbonly"),
+)
 
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: signed sqrt, learned-64 (train labels + neighbour term), fitted on train",
@@ -200,6 +210,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
+    ("member (MobileNet-v1)", "retention: WiSE-FT 0.3", MEMBER, ["backbone.wise_ft=0.3"]),
+    ("member (MobileNet-v1)", "trained at 160 px (the eval size) instead of 128", MEMBER, ["backbone.image_size=160"]),
+    *[("member (MobileNet-v1)", f"trained at 160 px + WiSE-FT {w}", MEMBER,
+       ["backbone.image_size=160", f"backbone.wise_ft={w}"]) for w in (0.7, 0.5)],
     main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),
@@ -328,7 +342,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
            "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
           ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
-    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0)),
+    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0), reducers=LODO_REDUCERS),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"

@@ -185,6 +185,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["projection=pca", "whiten=true", "power=1"]),
     ("ensemble (3 members)", "learned-64, labels only, 60 epochs at lr 3e-3", ENSEMBLE,
      ["power=1", "learned.neighbour_weight=0", "learned.epochs=60", "learned.lr=3e-3"]),
+    ("ensemble (3 members)", "the recipe with mnv1 trained at 160 px + WiSE-FT 0.5 (every domain kept) in "
+     "mnv1_multi's place", ENSEMBLE,
+     ["members=[mnv1_multi__image_size-160_wise_ft-0.5,mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_160_wise"]),
     ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE,
      ["projection=pca", "members=[lite0_multi]", "power=1"]),
     ("ensemble (1 member)", "lite0_multi alone, the recipe's signed sqrt + learned-64", ENSEMBLE,

@@ -131,11 +131,10 @@ def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> l
             "eval.image_size=260", f"name={name}"]
 
 
-def lodo_wise_rows(weight: float, concat: bool = False, neighbour_weights: tuple[float, ...] = (),
-                   reducers: tuple[tuple[str, list[str], str], ...] = ()) -> list[tuple[str, str, str, list[str]]]:
+def lodo_wise_rows(weight: float, reducers: tuple[tuple[str, list[str], str], ...] = ()
+                   ) -> list[tuple[str, str, str, list[str]]]:
     """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
-    the leave-domain-out ensemble recipe on them, (`concat`) their concatenation without projection,
-    that recipe with each of `neighbour_weights` for its neighbour term, and each of `reducers`
+    the leave-domain-out ensemble recipe on them, and that recipe changed by each of `reducers`
     (variant text, overrides of the ensemble recipe, ensemble name suffix)."""
     step = f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members"
     families = ("mnv1", "mnv2", "lite0")
@@ -145,12 +144,6 @@ def lodo_wise_rows(weight: float, concat: bool = False, neighbour_weights: tuple
     suffix = "" if weight == 0.5 else f"_{weight}"  # the 0.5 ensemble was fitted under the plain name
     return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
                     [f"members=[{members}]", f"name=multi_lodo_wise{suffix}"]),
-            *([(step, "the three, signed sqrt concatenation (no 64-d projection)", LODO_ENSEMBLE,
-                [f"members=[{members}]", "projection=pca", "pca=null", f"name=multi_lodo_wise{suffix}_concat"])]
-              if concat else []),
-            *[(step, f"the same ensemble, neighbour term x{w:g}", LODO_ENSEMBLE,
-               [f"members=[{members}]", f"learned.neighbour_weight={w}", f"name=multi_lodo_wise{suffix}_nb{w:g}"])
-              for w in neighbour_weights],
             *[(step, text, LODO_ENSEMBLE, [f"members=[{members}]", *sets, f"name=multi_lodo_wise{suffix}_{tag}"])
               for text, sets, tag in reducers]]
 
@@ -161,11 +154,17 @@ def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
             "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
-LODO_REDUCERS = (  # 64-d reductions of the leave-domain-out WiSE-FT 0.3 members' concatenation, none using labels
+LODO_REDUCERS = (  # the leave-domain-out WiSE-FT 0.3 members' ensemble changed: (variant text, --set, name suffix)
+    ("the three, signed sqrt concatenation (no 64-d projection)", ["projection=pca", "pca=null"], "concat"),
+    *[(f"the same ensemble, neighbour term x{w:g}", [f"learned.neighbour_weight={w}"], f"nb{w:g}")
+      for w in (3.0, 10.0)],
+    # 64-d reductions without labels
     ("the same members, signed sqrt + PCA-64 fitted on train", ["projection=pca"], "pca"),
     ("the same members, learned-64 with the neighbour term only (learned.label_weight 0: no labels)",
      ["learned.label_weight=0"], "nbonly"),
 )
+# MobileNet-v1 trained at the eval size + WiSE-FT 0.5: the one mnv1 variant that keeps every domain
+MNV1_160_WISE = ["backbone.image_size=160", "backbone.wise_ft=0.5"]
 
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: signed sqrt, learned-64 (train labels + neighbour term), fitted on train",
@@ -187,7 +186,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["power=1", "learned.neighbour_weight=0", "learned.epochs=60", "learned.lr=3e-3"]),
     ("ensemble (3 members)", "the recipe with mnv1 trained at 160 px + WiSE-FT 0.5 (every domain kept) in "
      "mnv1_multi's place", ENSEMBLE,
-     ["members=[mnv1_multi__image_size-160_wise_ft-0.5,mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_160_wise"]),
+     [f"members=[{variant_name(MEMBER, MNV1_160_WISE)},mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_160_wise"]),
     ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE,
      ["projection=pca", "members=[lite0_multi]", "power=1"]),
     ("ensemble (1 member)", "lite0_multi alone, the recipe's signed sqrt + learned-64", ENSEMBLE,
@@ -215,8 +214,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.5", MEMBER, ["backbone.wise_ft=0.5"]),
     ("member (MobileNet-v1)", "retention: WiSE-FT 0.3", MEMBER, ["backbone.wise_ft=0.3"]),
     ("member (MobileNet-v1)", "trained at 160 px (the eval size) instead of 128", MEMBER, ["backbone.image_size=160"]),
-    *[("member (MobileNet-v1)", f"trained at 160 px + WiSE-FT {w}", MEMBER,
-       ["backbone.image_size=160", f"backbone.wise_ft={w}"]) for w in (0.7, 0.5)],
+    ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.7", MEMBER,
+     ["backbone.image_size=160", "backbone.wise_ft=0.7"]),
+    ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.5", MEMBER, MNV1_160_WISE),
     main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),
@@ -345,7 +345,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
            "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
           ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
-    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, concat=True, neighbour_weights=(3.0, 10.0), reducers=LODO_REDUCERS),
+    *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"

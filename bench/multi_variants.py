@@ -23,7 +23,9 @@ The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
 members are not in the workspace, as under --only) and fuse them with its recipe (the 0.3 ones also
-without labels: PCA-64, and the learned projection with its neighbour term only).
+without labels: PCA-64, and the learned projection with its neighbour term only), and its three members
+trained with the backbone frozen (neck and head only: their backbone features are the untrained
+backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way.
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
@@ -131,21 +133,27 @@ def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> l
             "eval.image_size=260", f"name={name}"]
 
 
+def lodo_rows(step: str, said: str, sets: list[str], suffix: str,
+              reducers: tuple[tuple[str, list[str], str], ...] = ()) -> list[tuple[str, str, str, list[str]]]:
+    """The three leave-domain-out members changed by `sets` (`said`: that change in the variant text), the
+    leave-domain-out ensemble recipe on them (named multi_lodo`suffix`), and that recipe changed by each of
+    `reducers` (variant text, overrides of the ensemble recipe, ensemble name suffix)."""
+    rows = [(step, f"{f}_lodo{said}", f"members/cpu/{f}_lodo.yaml",
+             [o.replace("{f}", f) for o in sets]) for f in ("mnv1", "mnv2", "lite0")]
+    members = ",".join(variant_name(recipe, sets) for _, _, recipe, sets in rows)
+    return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
+                    [f"members=[{members}]", f"name=multi_lodo{suffix}"]),
+            *[(step, text, LODO_ENSEMBLE, [f"members=[{members}]", *sets, f"name=multi_lodo{suffix}_{tag}"])
+              for text, sets, tag in reducers]]
+
+
 def lodo_wise_rows(weight: float, reducers: tuple[tuple[str, list[str], str], ...] = ()
                    ) -> list[tuple[str, str, str, list[str]]]:
-    """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`,
-    the leave-domain-out ensemble recipe on them, and that recipe changed by each of `reducers`
-    (variant text, overrides of the ensemble recipe, ensemble name suffix)."""
-    step = f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members"
-    families = ("mnv1", "mnv2", "lite0")
-    rows = [(step, f"{f}_lodo + WiSE-FT {weight}", f"members/cpu/{f}_lodo.yaml", [f"backbone.wise_ft={weight}"])
-            for f in families]
-    members = ",".join(variant_name(recipe, sets) for _, _, recipe, sets in rows)
-    suffix = "" if weight == 0.5 else f"_{weight}"  # the 0.5 ensemble was fitted under the plain name
-    return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
-                    [f"members=[{members}]", f"name=multi_lodo_wise{suffix}"]),
-            *[(step, text, LODO_ENSEMBLE, [f"members=[{members}]", *sets, f"name=multi_lodo_wise{suffix}_{tag}"])
-              for text, sets, tag in reducers]]
+    """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`, fused
+    (`lodo_rows`)."""
+    suffix = "_wise" if weight == 0.5 else f"_wise_{weight}"  # the 0.5 ensemble was fitted under the plain name
+    return lodo_rows(f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members", f" + WiSE-FT {weight}",
+                     [f"backbone.wise_ft={weight}"], suffix, reducers)
 
 
 def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
@@ -163,6 +171,11 @@ LODO_REDUCERS = (  # the leave-domain-out WiSE-FT 0.3 members' ensemble changed:
     ("the same members, learned-64 with the neighbour term only (learned.label_weight 0: no labels)",
      ["learned.label_weight=0"], "nbonly"),
 )
+# the leave-domain-out members with the backbone frozen (only neck and head train, backbone in eval mode): their
+# backbone features are the untrained ImageNet backbones', so their ensembles show what fitting the 64-d reduction
+# on four domains costs the two held-out ones without any fine-tuning
+HEAD_ONLY = ["stages=[{train: [neck, head], epochs: 1}]", "name={f}_lodo_headonly"]
+HEAD_ONLY_REDUCERS = tuple(r for r in LODO_REDUCERS if r[2] in ("concat", "pca"))
 # MobileNet-v1 trained at the eval size + WiSE-FT 0.5: the one mnv1 variant that keeps every domain
 MNV1_160_WISE = ["backbone.image_size=160", "backbone.wise_ft=0.5"]
 
@@ -346,6 +359,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
            "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
           ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
+    *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
+               ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",
+               HEAD_ONLY_REDUCERS),
 ]
 LODO = ROOT / "configs" / "pipelines" / "multi_lodo_cpu.yaml"
 RESULT = ROOT / "bench" / "results" / "multi_variants.json"

@@ -135,9 +135,9 @@ def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> l
 
 def lodo_rows(step: str, said: str, sets: list[str], suffix: str,
               reducers: tuple[tuple[str, list[str], str], ...] = ()) -> list[tuple[str, str, str, list[str]]]:
-    """The three leave-domain-out members changed by `sets` (`said`: that change in the variant text), the
-    leave-domain-out ensemble recipe on them (named multi_lodo`suffix`), and that recipe changed by each of
-    `reducers` (variant text, overrides of the ensemble recipe, ensemble name suffix)."""
+    """The three leave-domain-out members changed by `sets` ("{f}" in them: the family, mnv1/mnv2/lite0; `said`:
+    that change in the variant text), the leave-domain-out ensemble recipe on them (named multi_lodo`suffix`),
+    and that recipe changed by each of `reducers` (variant text, overrides of the ensemble recipe, name suffix)."""
     rows = [(step, f"{f}_lodo{said}", f"members/cpu/{f}_lodo.yaml",
              [o.replace("{f}", f) for o in sets]) for f in ("mnv1", "mnv2", "lite0")]
     members = ",".join(variant_name(recipe, sets) for _, _, recipe, sets in rows)
@@ -151,7 +151,7 @@ def lodo_wise_rows(weight: float, reducers: tuple[tuple[str, list[str], str], ..
                    ) -> list[tuple[str, str, str, list[str]]]:
     """The leave-domain-out members retrained (or, where trained, interpolated) with WiSE-FT `weight`, fused
     (`lodo_rows`)."""
-    suffix = "_wise" if weight == 0.5 else f"_wise_{weight}"  # the 0.5 ensemble was fitted under the plain name
+    suffix = "_wise" if weight == 0.5 else f"_wise_{weight}"  # 0.5: named before the weight was
     return lodo_rows(f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members", f" + WiSE-FT {weight}",
                      [f"backbone.wise_ft={weight}"], suffix, reducers)
 

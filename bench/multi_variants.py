@@ -162,7 +162,7 @@ def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
             "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
-LODO_REDUCERS = (  # the leave-domain-out WiSE-FT 0.3 members' ensemble changed: (variant text, --set, name suffix)
+LODO_REDUCERS = (  # the leave-domain-out ensemble recipe changed (all for WiSE-FT 0.3, two for head-only)
     ("the three, signed sqrt concatenation (no 64-d projection)", ["projection=pca", "pca=null"], "concat"),
     *[(f"the same ensemble, neighbour term x{w:g}", [f"learned.neighbour_weight={w}"], f"nb{w:g}")
       for w in (3.0, 10.0)],

@@ -96,6 +96,10 @@ SEEDS_LITE0 = f"{LITE2_SEEDS},lite0_multi_long_12ep_evalgem3"  # and the 12-epoc
 # the two seeds of the 12-epoch sub-centre Lite0 run pooled by GeM p=3: (variant text, --set, member name)
 LITE0_SUB3_GEM3 = (("", [], "lite0_multi_long_12ep_sub3_evalgem3"),
                    (", reseeded (seed 3)", ["seed=3"], "lite0_multi_long_12ep_sub3_seed3_evalgem3"))
+# the 0.680 Lite2 member (seed 3, GeM p=3) + the 12-epoch Lite0 (GeM p=3): the strongest pair while the
+# seed-2 Lite2 run is not in the workspace
+SEED3_LITE0 = "lite2_multi_12ep_sub3_seed3_evalgem3,lite0_multi_long_12ep_evalgem3"
+SEED3_STEP = "ensemble (the 0.680 Lite2 member, seed 3, + Lite0 12 epochs, both pooled by GeM p=3)"
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -325,6 +329,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "their labels unused (transductive)", ENSEMBLE,
      [f"members=[{TWO_BEST_12}]", "learned.label_weight=0", "fit_on=index", "name=multi_lite2_12_nbonly_index"]),
     *pair_rows("ensemble (Lite2 12 epochs + Lite0 12 epochs, both pooled by GeM p=3)", TWO_GEM, "multi_gem"),
+    *pair_rows(SEED3_STEP, SEED3_LITE0, "multi_lite2s3_lite0"),
     *pair_rows(SEEDS_STEP, LITE2_SEEDS, "multi_lite2_seeds",
                "the two averaged (merge: mean), signed sqrt, no projection (1,280-d)",
                "the two averaged, signed sqrt, PCA-64 fitted on train"),
@@ -358,6 +363,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
            "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
           ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
+    ("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", "the same Lite2 student (2 epochs) with "
+     "teacher multi_lite2s3_lite0, initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights)", STUDENT,
+     lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2s3_lite0")),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
     *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
                ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",

@@ -363,13 +363,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
            "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
           ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
-    ("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", "the same Lite2 student (2 epochs) with "
-     "teacher multi_lite2s3_lite0, initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights)", STUDENT,
-     lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2s3_lite0")),
-    ("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", "the same, reseeded (seed 1 instead of 0: "
-     "batch order and augmentation, run-to-run noise)", STUDENT,
-     [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2s3_lite0_seed1"),
-      "seed=1"]),
+    *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
+       [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
+      for variant, name, extra in (
+          ("the same Lite2 student (2 epochs) with teacher multi_lite2s3_lite0, initialised from "
+           "lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights)", "lite2_student_of_lite2s3_lite0", []),
+          ("the same, reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)",
+           "lite2_student_of_lite2s3_lite0_seed1", ["seed=1"]))],
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
     *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
                ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",

@@ -18,7 +18,8 @@ and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both, and reseeded (seed 
 and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apart, with the
 12-epoch Lite0, and with the two sub-centre Lite0 seeds too, pooled by GeM p=3; each seed alone as a
 control; the three-member one also at 128/256 dims and fitted on the index, transductive), and a
-Lite2 student distils the three-member one (2 and 3 epochs).
+Lite2 student distils the three-member one (2 and 3 epochs from the shipped seed's weights, 2 from
+seed 3's).
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
@@ -33,7 +34,8 @@ Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of B
 --only, just the rows whose step or variant contains one of the texts are run and the others are
 kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows;
 but rows of variants that an invocation's own VARIANTS does not list are dropped when it saves, so a
-row added to VARIANTS while another invocation runs must be run again after that one ends).
+row added to VARIANTS while another invocation runs must be run again after that one ends); --skip
+leaves out of those the rows that contain one of its texts.
 """
 
 from __future__ import annotations
@@ -358,11 +360,14 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "260 px, 2 epochs instead of 4) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
      lite2_student("multi_lite2_12", "lite2_multi_12ep", "lite2_student_of_lite2_12")),
     *[("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", variant, STUDENT,
-       lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3", name, epochs))
-      for variant, name, epochs in (
+       lite2_student("multi_lite2_seeds_lite0", init_from, name, epochs))
+      for variant, init_from, name, epochs in (
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
-           "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_student_of_lite2_seeds_lite0", 2),
-          ("the same, 3 epochs instead of 2", "lite2_student_of_lite2_seeds_lite0_3ep", 3))],
+           "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_multi_12ep_sub3",
+           "lite2_student_of_lite2_seeds_lite0", 2),
+          ("the same, 3 epochs instead of 2", "lite2_multi_12ep_sub3", "lite2_student_of_lite2_seeds_lite0_3ep", 3),
+          ("the same (2 epochs), initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights) instead",
+           "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2_seeds_lite0_init_seed3", 2))],
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (
@@ -419,8 +424,9 @@ def table(result: dict) -> str:
         "one shared index of 3,626 images, flip TTA, each recipe's eval size (160 px; Lite2 260 px). "
         "s: seconds this invocation spent on the row, "
         "training included only where it trained (a rerun reuses finished runs and only scores)."
-        + (f" Only the rows whose step or variant contains {' or '.join(repr(t) for t in result['only'])} were run by "
-           "this command, in another workspace; the other rows keep their numbers and s from the "
+        + (f" Only the rows whose step or variant contains {' or '.join(repr(t) for t in result['only'])}"
+           + (f" and not {' or '.join(repr(t) for t in result['skip'])}" if result.get("skip") else "")
+           + " were run by this command, in another workspace; the other rows keep their numbers and s from the "
            "previous invocation (bench/results/multi_variants.json), in an earlier workspace."
            if result.get("only") else ""),
         result["rows"], ["step", "variant"])
@@ -433,7 +439,12 @@ def main() -> None:
     parser.add_argument("--only", metavar="TEXT", action="append", help="run only the rows whose step or variant "
                         "contains TEXT (repeatable; no leave-domain-out); the other rows keep their numbers "
                         "from " + str(RESULT))
+    parser.add_argument("--skip", metavar="TEXT", action="append", default=[], help="with --only: leave out the "
+                        "rows whose step or variant contains TEXT (repeatable; where one --only text is part of "
+                        "longer variant texts)")
     args = parser.parse_args()
+    if args.skip and not args.only:
+        parser.error("--skip narrows the rows --only selects; give --only too")
     ws = Workspace.at(args.workdir)
     if args.only:
         previous_rows()  # fail now, not after the first row, when there are no rows to keep
@@ -446,7 +457,8 @@ def main() -> None:
         lodo = {(LODO_STEP, r["model"]): row(LODO_STEP, r["model"], {"dim": r.get("dim", "-"), **r}, seconds)
                 for r in summary["rows"]}
     for step, variant, recipe, overrides in VARIANTS:
-        if args.only and not any(text in step or text in variant for text in args.only):
+        if args.only and (not any(text in step or text in variant for text in args.only)
+                          or any(text in step or text in variant for text in args.skip)):
             continue
         started = time.perf_counter()
         sets, size_px = eval_size(overrides)
@@ -456,10 +468,10 @@ def main() -> None:
         report = evaluate(model, ws, str(DATA),
                           out=ws.reports_dir / "multi_variants" / f"{model.name.replace(':', '_')}.json")
         rows[step, variant] = row(step, variant, report, time.perf_counter() - started)
-        save(rows, done=False, only=args.only)  # every finished row is kept, even if a later one is stopped
+        save(rows, done=False, only=args.only, skip=args.skip)  # kept, even if a later row is stopped
         print(step, variant, f"macro {report['macro_mP@5']:.3f}", flush=True)
     rows.update(lodo)
-    print(save(rows, done=True, only=args.only))
+    print(save(rows, done=True, only=args.only, skip=args.skip))
 
 
 def previous_rows() -> dict[tuple[str, str], dict]:
@@ -473,7 +485,7 @@ def previous_rows() -> dict[tuple[str, str], dict]:
             if (r["step"], r["variant"]) in listed or r["step"] == LODO_STEP}
 
 
-def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None) -> str:
+def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None, skip: list[str] = ()) -> str:
     """Write the rows (VARIANTS order, then leave-domain-out) to the JSON and BENCHMARKS.md.
 
     With --only the JSON is read again here and only the rows this invocation ran replace its rows,
@@ -482,9 +494,10 @@ def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None) -
     by_key = {**previous_rows(), **ran} if only else ran
     order = {(step, variant): i for i, (step, variant, _, _) in enumerate(VARIANTS)}
     rows = sorted(by_key.values(), key=lambda r: order.get((r["step"], r["variant"]), len(order)))
-    command = " ".join(["python bench/multi_variants.py", *(f"--only '{text}'" for text in only or [])])
-    result = {"command": command, "only": only, "date": str(date.today()), "complete": done, "machine": machine(),
-              "rows": rows}
+    command = " ".join(["python bench/multi_variants.py", *(f"--only '{text}'" for text in only or []),
+                        *(f"--skip '{text}'" for text in skip)])
+    result = {"command": command, "only": only, "skip": list(skip), "date": str(date.today()), "complete": done,
+              "machine": machine(), "rows": rows}
     text = table(result)
     record("multi_variants", result, "GUIE-mini variants: every option measured on multi", text)
     return text

@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
 import sys
 import time
 from datetime import date
@@ -494,8 +495,8 @@ def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None, s
     by_key = {**previous_rows(), **ran} if only else ran
     order = {(step, variant): i for i, (step, variant, _, _) in enumerate(VARIANTS)}
     rows = sorted(by_key.values(), key=lambda r: order.get((r["step"], r["variant"]), len(order)))
-    command = " ".join(["python bench/multi_variants.py", *(f"--only '{text}'" for text in only or []),
-                        *(f"--skip '{text}'" for text in skip)])
+    flags = [*(("--only", text) for text in only or []), *(("--skip", text) for text in skip)]
+    command = shlex.join(["python", "bench/multi_variants.py", *(arg for flag in flags for arg in flag)])
     result = {"command": command, "only": only, "skip": list(skip), "date": str(date.today()), "complete": done,
               "machine": machine(), "rows": rows}
     text = table(result)

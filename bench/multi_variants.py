@@ -458,8 +458,7 @@ def main() -> None:
         lodo = {(LODO_STEP, r["model"]): row(LODO_STEP, r["model"], {"dim": r.get("dim", "-"), **r}, seconds)
                 for r in summary["rows"]}
     for step, variant, recipe, overrides in VARIANTS:
-        if args.only and (not any(text in step or text in variant for text in args.only)
-                          or any(text in step or text in variant for text in args.skip)):
+        if args.only and (not mentions(step, variant, args.only) or mentions(step, variant, args.skip)):
             continue
         started = time.perf_counter()
         sets, size_px = eval_size(overrides)
@@ -473,6 +472,11 @@ def main() -> None:
         print(step, variant, f"macro {report['macro_mP@5']:.3f}", flush=True)
     rows.update(lodo)
     print(save(rows, done=True, only=args.only, skip=args.skip))
+
+
+def mentions(step: str, variant: str, texts: list[str]) -> bool:
+    """True where the row's step or variant contains one of `texts` (how --only and --skip pick rows)."""
+    return any(text in step or text in variant for text in texts)
 
 
 def previous_rows() -> dict[tuple[str, str], dict]:

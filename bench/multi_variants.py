@@ -17,7 +17,8 @@ also trained on the 12-epoch Lite2 recipe (members/cpu/lite2_multi_long.yaml), a
 and pooled by GeM p=3 and 6, WiSE-FT interpolated, and both, and reseeded (seed 3; average-pooled
 and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apart, with the
 12-epoch Lite0, and with the two sub-centre Lite0 seeds too, pooled by GeM p=3; each seed alone as a
-control; the three-member one also at 128/256 dims and fitted on the index, transductive), and a
+control; the three-member one also at 128/256 dims, with labels only, the neighbour term x3, without the
+signed square root, and fitted on the index, transductive), and a
 Lite2 student distils the three-member one (2 and 3 epochs from the shipped seed's weights, 2 from
 seed 3's).
 The leave-domain-out pipeline
@@ -351,6 +352,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[(SEEDS_STEP, f"the three, signed sqrt, learned-{dims} fitted on train (what 64 dimensions cost)", ENSEMBLE,
        [f"members=[{SEEDS_LITE0}]", f"pca={dims}", f"name=multi_lite2_seeds_lite0_learned{dims}"])
       for dims in (128, 256)],
+    *[(SEEDS_STEP, f"the three, the recipe {said}", ENSEMBLE,
+       [f"members=[{SEEDS_LITE0}]", *sets, f"name=multi_lite2_seeds_lite0_{suffix}"])
+      for said, sets, suffix in (
+          ("on the train labels only (learned.neighbour_weight 0: no neighbour term)", ["learned.neighbour_weight=0"],
+           "labelsonly"),
+          ("with the neighbour term x3", ["learned.neighbour_weight=3"], "nb3"),
+          ("without the signed square root (power 1)", ["power=1"], "power1"))],
     (SEEDS_STEP, "the three, neighbour term only, fitted on the index images, their labels unused (transductive)",
      ENSEMBLE, [f"members=[{SEEDS_LITE0}]", "learned.label_weight=0", "fit_on=index",
                 "name=multi_lite2_seeds_lite0_nbonly_index"]),

@@ -48,6 +48,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -426,6 +427,11 @@ def row(step: str, variant: str, report: dict, seconds: float) -> dict:
             "seconds": round(seconds, 1)}
 
 
+def any_of(texts: list[str]) -> str:
+    """The --only / --skip texts as the table header names them: 'a' or 'b'."""
+    return " or ".join(repr(text) for text in texts)
+
+
 def table(result: dict) -> str:
     return domain_table(
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
@@ -433,8 +439,8 @@ def table(result: dict) -> str:
         "one shared index of 3,626 images, flip TTA, each recipe's eval size (160 px; Lite2 260 px). "
         "s: seconds this invocation spent on the row, "
         "training included only where it trained (a rerun reuses finished runs and only scores)."
-        + (f" Only the rows whose step or variant contains {' or '.join(repr(t) for t in result['only'])}"
-           + (f" and not {' or '.join(repr(t) for t in result['skip'])}" if result.get("skip") else "")
+        + (f" Only the rows whose step or variant contains {any_of(result['only'])}"
+           + (f" and not {any_of(result['skip'])}" if result.get("skip") else "")
            + " were run by this command, in another workspace; the other rows keep their numbers and s from the "
            "previous invocation (bench/results/multi_variants.json), in an earlier workspace."
            if result.get("only") else ""),
@@ -482,7 +488,7 @@ def main() -> None:
     print(save(rows, done=True, only=args.only, skip=args.skip))
 
 
-def mentions(step: str, variant: str, texts: list[str]) -> bool:
+def mentions(step: str, variant: str, texts: Sequence[str]) -> bool:
     """True where the row's step or variant contains one of `texts` (how --only and --skip pick rows)."""
     return any(text in step or text in variant for text in texts)
 
@@ -498,7 +504,7 @@ def previous_rows() -> dict[tuple[str, str], dict]:
             if (r["step"], r["variant"]) in listed or r["step"] == LODO_STEP}
 
 
-def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None, skip: list[str] = ()) -> str:
+def save(ran: dict[tuple[str, str], dict], done: bool, only: list[str] | None, skip: Sequence[str] = ()) -> str:
     """Write the rows (VARIANTS order, then leave-domain-out) to the JSON and BENCHMARKS.md.
 
     With --only the JSON is read again here and only the rows this invocation ran replace its rows,

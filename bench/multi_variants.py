@@ -101,8 +101,7 @@ SEEDS_LITE0 = f"{LITE2_SEEDS},lite0_multi_long_12ep_evalgem3"  # and the 12-epoc
 # the two seeds of the 12-epoch sub-centre Lite0 run pooled by GeM p=3: (variant text, --set, member name)
 LITE0_SUB3_GEM3 = (("", [], "lite0_multi_long_12ep_sub3_evalgem3"),
                    (", reseeded (seed 3)", ["seed=3"], "lite0_multi_long_12ep_sub3_seed3_evalgem3"))
-# the 0.680 Lite2 member (seed 3, GeM p=3) + the 12-epoch Lite0 (GeM p=3): the strongest pair while the
-# seed-2 Lite2 run is not in the workspace
+# the 0.680 Lite2 member (seed 3, GeM p=3) + the 12-epoch Lite0 (GeM p=3): the strongest two-member pair
 SEED3_LITE0 = "lite2_multi_12ep_sub3_seed3_evalgem3,lite0_multi_long_12ep_evalgem3"
 SEED3_STEP = "ensemble (the 0.680 Lite2 member, seed 3, + Lite0 12 epochs, both pooled by GeM p=3)"
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)

@@ -134,11 +134,11 @@ def pair_rows(step: str, members: str, name: str, fused: str = "the two, signed 
             (step, reduced, ENSEMBLE, [*sets, "projection=pca", f"name={name}_pca"])]
 
 
-def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2) -> list[str]:
-    """The student recipe moved to Lite2 (224 px, eval 260 px, `epochs` instead of 4), distilled from `teacher`."""
+def lite2_student(teacher: str, init_from: str, name: str, epochs: int = 2, train_px: int = 224) -> list[str]:
+    """The student recipe moved to Lite2 (`train_px`, eval 260 px, `epochs` instead of 4), distilled from `teacher`."""
     return [f"teacher={teacher}", f"stages=[{{train: [all], epochs: {epochs}}}]", "backbone.arch=tf_efficientnet_lite2",
-            f"backbone.pretrained={LITE2_WEIGHTS}", f"backbone.init_from={init_from}", "backbone.image_size=224",
-            "eval.image_size=260", f"name={name}"]
+            f"backbone.pretrained={LITE2_WEIGHTS}", f"backbone.init_from={init_from}",
+            f"backbone.image_size={train_px}", "eval.image_size=260", f"name={name}"]
 
 
 def lodo_rows(step: str, said: str, sets: list[str], suffix: str,
@@ -377,6 +377,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same, 3 epochs instead of 2", "lite2_multi_12ep_sub3", "lite2_student_of_lite2_seeds_lite0_3ep", 3),
           ("the same (2 epochs), initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights) instead",
            "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2_seeds_lite0_init_seed3", 2))],
+    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same (2 epochs, the shipped "
+     "seed's weights: lite2_multi_12ep_sub3_evalgem3 holds them), distilled at 260 px (the eval size) instead of "
+     "224", STUDENT, lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3_evalgem3",
+                                   "lite2_student_of_lite2_seeds_lite0_260px", train_px=260)),
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

@@ -377,14 +377,16 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same, 3 epochs instead of 2", "lite2_multi_12ep_sub3", "lite2_student_of_lite2_seeds_lite0_3ep", 3),
           ("the same (2 epochs), initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights) instead",
            "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2_seeds_lite0_init_seed3", 2))],
-    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same (2 epochs, the shipped "
-     "seed's weights: lite2_multi_12ep_sub3_evalgem3 holds them), distilled at 260 px (the eval size) instead of "
-     "224", STUDENT, lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3_evalgem3",
-                                   "lite2_student_of_lite2_seeds_lite0_260px", train_px=260)),
-    ("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", "the same (2 epochs, the shipped "
-     "seed's weights, 224 px) + ArcFace on the train labels (weight 0.5)", STUDENT,
-     [*lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3_evalgem3",
-                     "lite2_student_of_lite2_seeds_lite0_arcface"), "loss.arcface=0.5"]),
+    *[("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", f"the same (2 epochs, the shipped "
+       f"seed's weights{said}", STUDENT, [*lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3_evalgem3",
+                                                          f"lite2_student_of_lite2_seeds_lite0_{tag}", train_px=px),
+                                           *extra])
+      for said, tag, px, extra in (
+          (": lite2_multi_12ep_sub3_evalgem3 holds them), distilled at 260 px (the eval size) instead of 224",
+           "260px", 260, []),
+          (", 224 px) + ArcFace on the train labels (weight 0.5)", "arcface", 224, ["loss.arcface=0.5"]),
+          (", 224 px), reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)", "seed1", 224,
+           ["seed=1"]))],
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

@@ -369,24 +369,21 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "260 px, 2 epochs instead of 4) with teacher multi_lite2_12, initialised from lite2_multi_12ep", STUDENT,
      lite2_student("multi_lite2_12", "lite2_multi_12ep", "lite2_student_of_lite2_12")),
     *[("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", variant, STUDENT,
-       lite2_student("multi_lite2_seeds_lite0", init_from, name, epochs))
-      for variant, init_from, name, epochs in (
+       [*lite2_student("multi_lite2_seeds_lite0", init_from, f"lite2_student_of_lite2_seeds_lite0{suffix}", epochs,
+                       px), *extra])
+      for variant, init_from, suffix, epochs, px, extra in (
           ("the same Lite2 student with teacher multi_lite2_seeds_lite0 (64-d recipe), initialised from "
-           "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_multi_12ep_sub3",
-           "lite2_student_of_lite2_seeds_lite0", 2),
-          ("the same, 3 epochs instead of 2", "lite2_multi_12ep_sub3", "lite2_student_of_lite2_seeds_lite0_3ep", 3),
+           "lite2_multi_12ep_sub3 (the shipped seed)", "lite2_multi_12ep_sub3", "", 2, 224, []),
+          ("the same, 3 epochs instead of 2", "lite2_multi_12ep_sub3", "_3ep", 3, 224, []),
           ("the same (2 epochs), initialised from lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights) instead",
-           "lite2_multi_12ep_sub3_seed3", "lite2_student_of_lite2_seeds_lite0_init_seed3", 2))],
-    *[("student (EfficientNet-Lite2) of the two Lite2 seeds + Lite0 ensemble", f"the same (2 epochs, the shipped "
-       f"seed's weights{said}", STUDENT, [*lite2_student("multi_lite2_seeds_lite0", "lite2_multi_12ep_sub3_evalgem3",
-                                                          f"lite2_student_of_lite2_seeds_lite0_{tag}", train_px=px),
-                                           *extra])
-      for said, tag, px, extra in (
-          (": lite2_multi_12ep_sub3_evalgem3 holds them), distilled at 260 px (the eval size) instead of 224",
-           "260px", 260, []),
-          (", 224 px) + ArcFace on the train labels (weight 0.5)", "arcface", 224, ["loss.arcface=0.5"]),
-          (", 224 px), reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)", "seed1", 224,
-           ["seed=1"]))],
+           "lite2_multi_12ep_sub3_seed3", "_init_seed3", 2, 224, []),
+          # lite2_multi_12ep_sub3_evalgem3: the shipped seed retrained under its GeM row's name (same weights)
+          ("the same (2 epochs, the shipped seed's weights: lite2_multi_12ep_sub3_evalgem3 holds them), distilled "
+           "at 260 px (the eval size) instead of 224", "lite2_multi_12ep_sub3_evalgem3", "_260px", 2, 260, []),
+          ("the same (2 epochs, the shipped seed's weights, 224 px) + ArcFace on the train labels (weight 0.5)",
+           "lite2_multi_12ep_sub3_evalgem3", "_arcface", 2, 224, ["loss.arcface=0.5"]),
+          ("the same (2 epochs, the shipped seed's weights, 224 px), reseeded (seed 1 instead of 0: batch order and "
+           "augmentation, run-to-run noise)", "lite2_multi_12ep_sub3_evalgem3", "_seed1", 2, 224, ["seed=1"]))],
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

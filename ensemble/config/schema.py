@@ -213,10 +213,20 @@ class DistillLossCfg(Strict):
     rkd: float = Field(1.0, ge=0)  # RKD distance: batch pairwise distances, each set / its mean
     sim_kl: float = Field(0.0, ge=0)  # KL of the batch similarity distributions (teacher || student)
     temperature: float = Field(0.05, gt=0)  # for sim_kl
+    # the teacher side of sim_kl: the fused target ("fused"), or the ensemble's concatenation before its
+    # reducer ("concat": the members' features merged, signed power, L2 per group), so the student's batch
+    # geometry follows what the 64-d reducer compressed away
+    sim_kl_teacher: Literal["fused", "concat"] = "fused"
     arcface: float = Field(0.0, ge=0)  # margin-softmax on labels where the distill manifest has them
     # multi-teacher (AM-RADIO / UNIC / UDON): one Linear projector per ensemble member maps the student's
     # backbone feature to that member's own feature; adds members x mean over members of (1 - cos)
     members: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _concat_needs_sim_kl(self):
+        if self.sim_kl_teacher == "concat" and self.sim_kl == 0:
+            raise ValueError("sim_kl_teacher: concat needs sim_kl > 0 (it is the teacher side of that term)")
+        return self
 
 
 class StudentCfg(MemberCfg):

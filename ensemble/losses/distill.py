@@ -48,14 +48,17 @@ def similarity_kl_loss(student: torch.Tensor, target: torch.Tensor, temperature:
     mask = ~torch.eye(n, dtype=torch.bool, device=student.device)
     s = F.normalize(student, dim=-1)
     s_logits = (s @ s.T)[mask].view(n, n - 1) / temperature
-    t_logits = (target @ target.T)[mask].view(n, n - 1) / temperature
+    t = F.normalize(target, dim=-1)  # a concatenation of L2-normalised groups is not unit length itself
+    t_logits = (t @ t.T)[mask].view(n, n - 1) / temperature
     return F.kl_div(F.log_softmax(s_logits, dim=-1), F.log_softmax(t_logits, dim=-1), log_target=True,
                     reduction="batchmean")
 
 
 @float32_loss
-def distill_terms(student: torch.Tensor, target: torch.Tensor, cfg: DistillLossCfg) -> dict[str, torch.Tensor]:
-    """The enabled terms, weighted (arcface is added by the task, which owns the head)."""
+def distill_terms(student: torch.Tensor, target: torch.Tensor, cfg: DistillLossCfg,
+                  relation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The enabled terms, weighted (arcface is added by the task, which owns the head); sim_kl takes its
+    teacher similarities from `relation` [B, any width] when given (loss.sim_kl_teacher: concat)."""
     terms = {}
     if cfg.cosine:
         terms["cosine"] = cfg.cosine * cosine_loss(student, target)
@@ -64,5 +67,6 @@ def distill_terms(student: torch.Tensor, target: torch.Tensor, cfg: DistillLossC
     if cfg.rkd:
         terms["rkd"] = cfg.rkd * rkd_distance_loss(student, target)
     if cfg.sim_kl:
-        terms["sim_kl"] = cfg.sim_kl * similarity_kl_loss(student, target, cfg.temperature)
+        terms["sim_kl"] = cfg.sim_kl * similarity_kl_loss(student, target if relation is None else relation,
+                                                        cfg.temperature)
     return terms

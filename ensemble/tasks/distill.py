@@ -16,12 +16,13 @@ from .base import Task
 class DistillTask(Task):
     """Student embedding vs `targets[batch indices]`; optional margin-softmax on labelled rows.
 
-    targets: [N, D] teacher embeddings of the distill manifest, row i for image i.
+    targets: [N, D] teacher embeddings of the distill manifest, row i for image i; member_targets (multi-teacher)
+    and relation_targets (sim_kl's teacher, the ensemble's concatenation) are optional rows of the same images.
     """
 
     def __init__(self, model: EmbeddingModel, targets: torch.Tensor, loss_cfg: DistillLossCfg,
                  head: MarginHead | None = None, head_cfg: HeadCfg | None = None,
-                 member_targets: list[torch.Tensor] | None = None):
+                 member_targets: list[torch.Tensor] | None = None, relation_targets: torch.Tensor | None = None):
         super().__init__()
         self.model, self.loss_cfg, self.head, self.head_cfg = model, loss_cfg, head, head_cfg
         self.register_buffer("targets", targets.float(), persistent=False)  # cached file, not checkpointed
@@ -29,6 +30,8 @@ class DistillTask(Task):
         self.projectors = nn.ModuleList(nn.Linear(model.backbone.out_dim, t.shape[1]) for t in member_targets)
         # kept on the CPU (each batch's rows move to the device): [rows, member dim] per member is GBs at GUIE scale
         self.member_targets = [t.float() for t in member_targets]
+        # [rows, concat dim], CPU like the member targets: sim_kl's teacher when loss.sim_kl_teacher is concat
+        self.relation_targets = None if relation_targets is None else relation_targets.float()
         self.last_terms: dict[str, float] = {}
 
     def parts(self) -> dict[str, nn.Module]:
@@ -57,9 +60,10 @@ class DistillTask(Task):
             feats = self.model.backbone(batch["images"])
         student = self.model.neck(feats)
         target = self.targets[batch["indices"].to(self.targets.device)]
-        terms = distill_terms(student, target, self.loss_cfg)
+        rows = batch["indices"].cpu()
+        relation = None if self.relation_targets is None else self.relation_targets[rows].to(student.device)
+        terms = distill_terms(student, target, self.loss_cfg, relation)
         if len(self.projectors) and self.loss_cfg.members and "backbone" in self.trainable:
-            rows = batch["indices"].cpu()
             per = [cosine_loss(proj(feats).float(), t[rows].to(feats.device, non_blocking=True))
                    for proj, t in zip(self.projectors, self.member_targets)]
             terms["members"] = self.loss_cfg.members * torch.stack(per).mean()

@@ -23,6 +23,7 @@ from ..data.sampler import ShuffleSampler
 from ..distributed import barrier, world
 from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model
+from ..fuse.combine import combine
 from ..fuse.graph import power_identity
 from ..losses.margin import build_head
 from ..models.member import build_member_model
@@ -49,6 +50,7 @@ class DistillData:
     teacher: np.ndarray  # [rows, dim], L2-normalised ensemble embeddings
     teacher_info: dict
     members: list[np.ndarray] = field(default_factory=list)  # each member's feature (loss.members > 0)
+    concat: np.ndarray | None = None  # the ensemble's concatenation before its reducer (sim_kl_teacher: concat)
 
 
 def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str]:
@@ -91,8 +93,10 @@ def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:
     index = {c: i for i, c in enumerate(labelled)}
     targets = [index.get(label, -1) for label in manifest.labels]
     teacher, info = teacher_targets(cfg, ws, manifest, run_dir)
-    members = member_targets(ws, info["ensemble"], manifest, cfg.loader.workers) if cfg.loss.members else []
-    return DistillData(manifest, targets, labelled, teacher, info, members)
+    concat = cfg.loss.sim_kl_teacher == "concat"
+    parts = member_targets(ws, info["ensemble"], manifest, cfg.loader.workers) if cfg.loss.members or concat else []
+    return DistillData(manifest, targets, labelled, teacher, info, parts if cfg.loss.members else [],
+                       concat_targets(ws, info["ensemble"], parts) if concat else None)
 
 
 def member_targets(ws: Workspace, ensemble: str, manifest: Manifest, workers: int) -> list[np.ndarray]:
@@ -100,6 +104,14 @@ def member_targets(ws: Workspace, ensemble: str, manifest: Manifest, workers: in
     embedding cache, which the ensemble's targets filled)."""
     parts = resolve_model(f"ensemble:{ensemble}", ws).part_features(manifest, ws, workers=workers)
     return [np.asarray(p, np.float32) for p in parts]
+
+
+def concat_targets(ws: Workspace, ensemble: str, parts: list[np.ndarray]) -> np.ndarray:
+    """The ensemble's fused features before its reducer (merged per group, signed power, L2 per group,
+    concatenated) of the member features `parts`; [rows, concat dim], unit length per row."""
+    head = resolve_model(f"ensemble:{ensemble}", ws).head
+    fused = combine(parts, head.groups, head.power)
+    return fused / np.linalg.norm(fused, axis=1, keepdims=True).clip(1e-12)
 
 
 def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> DistillTask:
@@ -117,7 +129,8 @@ def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> Dis
         counts = [data.targets.count(i) for i in range(len(data.classes))]
         head = build_head(cfg.head, model.out_dim, counts)
     return DistillTask(model, torch.from_numpy(data.teacher), cfg.loss, head, cfg.head,
-                       [torch.from_numpy(m) for m in data.members])
+                       [torch.from_numpy(m) for m in data.members],
+                       None if data.concat is None else torch.from_numpy(data.concat))
 
 
 def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:

@@ -66,3 +66,17 @@ def test_distill_terms_weights_and_switches():
     # a batch of one has no pairs: relational terms are 0, not NaN
     single = distill_terms(student[:1], target[:1], DistillLossCfg(sim_kl=1.0))
     assert single["rkd"].item() == 0.0 and single["sim_kl"].item() == 0.0
+
+
+def test_sim_kl_takes_its_teacher_from_the_relation_rows_when_given():
+    gen = torch.Generator().manual_seed(0)
+    target = F.normalize(torch.randn(5, 4, generator=gen), dim=-1)
+    student = target + 0.3 * torch.randn(5, 4, generator=gen)
+    concat = torch.randn(5, 12, generator=gen) * 3.0  # wider and not unit length: normalised for the cosines
+    cfg = DistillLossCfg(sim_kl=2.0, sim_kl_teacher="concat")
+    terms = distill_terms(student, target, cfg, relation=concat)
+    assert terms["sim_kl"].item() == pytest.approx(2.0 * similarity_kl_loss(student, F.normalize(concat, dim=-1),
+                                                                          0.05).item(), rel=1e-5)
+    assert terms["sim_kl"].item() != pytest.approx(distill_terms(student, target, cfg)["sim_kl"].item(), rel=1e-3)
+    # the point-wise terms still regress the fused target
+    assert terms["cosine"].item() == pytest.approx(distill_terms(student, target, cfg)["cosine"].item())

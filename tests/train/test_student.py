@@ -181,3 +181,24 @@ def test_multi_teacher_student_trains_on_the_members_cached_features(distilled_w
     assert not any("projector" in k for k in model.state_dict())
     plain = load_model_file(Workspace(distilled_workspace).student_dir("stu") / "best.pt", kind="student_model")
     assert set(model.state_dict()) == set(plain.model.state_dict())
+
+
+def test_concat_relation_student_takes_sim_kl_from_the_ensembles_concatenation(distilled_workspace):
+    from ensemble.fuse.combine import combine
+    from ensemble.train.student import distill_data
+
+    folder = distilled_workspace.parent
+    with pytest.raises(EnsError, match="sim_kl_teacher: concat needs sim_kl > 0"):
+        load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="cat"),
+                         [*STUDENT_SETS, "loss.sim_kl=0", "loss.sim_kl_teacher=concat"])
+    cfg = load_student_cfg(tiny_recipe(folder, folder / "data.yaml", name="cat"),
+                           [*STUDENT_SETS, "loss.sim_kl_teacher=concat"])
+    ws = Workspace(distilled_workspace)
+    data = distill_data(cfg, ws, ws.student_dir("cat"))
+    ens = resolve_model("ensemble:teach", distilled_workspace)
+    fused = combine(ens.part_features(data.manifest, ws, workers=0), ens.head.groups, ens.head.power)
+    assert data.members == [] and data.concat.shape == (24, ens.ensemble.description["concat_dim"])
+    assert np.allclose(data.concat, fused / np.linalg.norm(fused, axis=1, keepdims=True), atol=1e-5)
+    distill(cfg, distilled_workspace)
+    history = [json.loads(line) for line in (ws.student_dir("cat") / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train"] for h in history] == [["neck"], ["all"]] and all(np.isfinite(h["loss"]) for h in history)

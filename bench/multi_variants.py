@@ -383,7 +383,13 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same (2 epochs, the shipped seed's weights, 224 px) + ArcFace on the train labels (weight 0.5)",
            "lite2_multi_12ep_sub3_evalgem3", "_arcface", 2, 224, ["loss.arcface=0.5"]),
           ("the same (2 epochs, the shipped seed's weights, 224 px), reseeded (seed 1 instead of 0: batch order and "
-           "augmentation, run-to-run noise)", "lite2_multi_12ep_sub3_evalgem3", "_seed1", 2, 224, ["seed=1"]))],
+           "augmentation, run-to-run noise)", "lite2_multi_12ep_sub3_evalgem3", "_seed1", 2, 224, ["seed=1"]),
+          ("the same (2 epochs, the shipped seed's weights, 224 px) + multi-teacher: one projector per member maps "
+           "the student's backbone feature to that member's unreduced 1,280-d feature (loss.members 1)",
+           "lite2_multi_12ep_sub3_evalgem3", "_multiteacher", 2, 224, ["loss.members=1"]),
+          ("the same (2 epochs, the shipped seed's weights, 224 px), the batch-similarity KL taken from the "
+           "ensemble's unreduced 2,560-d concatenation instead of its 64-d output (loss.sim_kl_teacher: concat)",
+           "lite2_multi_12ep_sub3_evalgem3", "_concat_kl", 2, 224, ["loss.sim_kl_teacher=concat"]))],
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

@@ -48,8 +48,7 @@ def similarity_kl_loss(student: torch.Tensor, target: torch.Tensor, temperature:
     mask = ~torch.eye(n, dtype=torch.bool, device=student.device)
     s = F.normalize(student, dim=-1)
     s_logits = (s @ s.T)[mask].view(n, n - 1) / temperature
-    t = F.normalize(target, dim=-1)  # a concatenation of L2-normalised groups is not unit length itself
-    t_logits = (t @ t.T)[mask].view(n, n - 1) / temperature
+    t_logits = (target @ target.T)[mask].view(n, n - 1) / temperature
     return F.kl_div(F.log_softmax(s_logits, dim=-1), F.log_softmax(t_logits, dim=-1), log_target=True,
                     reduction="batchmean")
 
@@ -67,6 +66,6 @@ def distill_terms(student: torch.Tensor, target: torch.Tensor, cfg: DistillLossC
     if cfg.rkd:
         terms["rkd"] = cfg.rkd * rkd_distance_loss(student, target)
     if cfg.sim_kl:
-        terms["sim_kl"] = cfg.sim_kl * similarity_kl_loss(student, target if relation is None else relation,
-                                                        cfg.temperature)
+        terms["sim_kl"] = cfg.sim_kl * similarity_kl_loss(
+            student, target if relation is None else F.normalize(relation, dim=-1), cfg.temperature)
     return terms

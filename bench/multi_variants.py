@@ -20,7 +20,9 @@ and GeM p=3); its two seeds are fused by the ensemble recipe (averaged, kept apa
 control; the three-member one also at 128/256 dims, with labels only, the neighbour term x3, without the
 signed square root, and fitted on the index, transductive), and a
 Lite2 student distils the three-member one (2 and 3 epochs from the shipped seed's weights, 2 from
-seed 3's).
+seed 3's; at 260 px, with ArcFace, reseeded, multi-teacher, and with the similarity KL from the
+unreduced concatenation). Both sub-centre Lite2 seeds are also WiSE-FT interpolated (0.7, 0.85) and
+pooled by GeM p=3.
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
@@ -296,9 +298,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[("member (EfficientNet-Lite2)", f"lite2_multi longer + sub-center ArcFace + WiSE-FT {w} (that run "
        "interpolated, no training)", LITE2_LONG,
        [f"backbone.wise_ft={w}", "eval.gem_p=null", f"name=lite2_multi_12ep_sub3_wise{w}"]) for w in WISE_LITE2],
-    ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace + WiSE-FT 0.7, pooled by GeM p=3 "
-     "where it embeds (that run interpolated, no training)", LITE2_LONG,
-     ["backbone.wise_ft=0.7", "name=lite2_multi_12ep_sub3_wise0.7_evalgem3"]),
+    *[("member (EfficientNet-Lite2)", f"lite2_multi longer + sub-center ArcFace{said} + WiSE-FT {w}, pooled by GeM "
+       "p=3 where it embeds (that run interpolated, no training)", LITE2_LONG,
+       [*sets, f"backbone.wise_ft={w}", f"name=lite2_multi_12ep_sub3{suffix}_wise{w}_evalgem3"])
+      for said, sets, suffix in (("", [], ""), (", reseeded (seed 3)", ["seed=3"], "_seed3")) for w in WISE_LITE2],
     ("member (EfficientNet-Lite2)", f"lite2_multi longer + {SUBCENTRES}, reseeded (seed 3 instead of 2: "
      "run-to-run noise)", LITE2_LONG, ["seed=3", "eval.gem_p=null", "name=lite2_multi_12ep_sub3_seed3"]),
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, reseeded, pooled by GeM p=3 where it "

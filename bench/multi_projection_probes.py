@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from multi_reducer_sweep import member_features, score  # noqa: E402
+from multi_reducer_sweep import score, sweep_inputs  # noqa: E402
 from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.schema import ProjectionCfg  # noqa: E402
@@ -109,15 +109,8 @@ def probe_fit(x: np.ndarray, labels: list[str], domains: np.ndarray, start, cfg:
 
 
 def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs")
-    parser.add_argument("--ensemble", default="multi_lite2_seeds_lite0", help="its members and fusion are probed")
-    args = parser.parse_args()
-    ws = Workspace.at(args.workdir)
-    head = resolve_model(f"ensemble:{args.ensemble}", ws).head
-    parts, manifests, _ = member_features(ws, args.ensemble)
+    args, parts, manifests, _ = sweep_inputs(__doc__.splitlines()[0], "multi_lite2_seeds_lite0")
+    head = resolve_model(f"ensemble:{args.ensemble}", Workspace.at(args.workdir)).head
     fused = {split: combine(feats, head.groups, head.power) for split, feats in parts.items()}
     labels, domains = list(manifests["train"].labels), np.asarray(manifests["train"].domains)
     start = fit_pca(fused["train"], 64)

@@ -140,11 +140,12 @@ def member_features(ws: Workspace, ensemble: str) -> tuple[dict, dict, list[slic
     return parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
-def sweep_inputs(description: str) -> tuple[argparse.Namespace, dict, dict, list[slice]]:
-    """The command line of a sweep (--workdir, --ensemble) and `member_features` of that ensemble."""
+def sweep_inputs(description: str, ensemble: str = "multi_cpu") -> tuple[argparse.Namespace, dict, dict, list[slice]]:
+    """The command line of a sweep (--workdir, --ensemble, default `ensemble`) and `member_features` of that
+    ensemble."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", default="runs")
-    parser.add_argument("--ensemble", default="multi_cpu", help="its members' features are swept")
+    parser.add_argument("--ensemble", default=ensemble, help="its members' features are swept")
     args = parser.parse_args()
     return args, *member_features(Workspace.at(args.workdir), args.ensemble)
 

@@ -30,7 +30,7 @@ from ..models.member import build_member_model
 from ..tasks.distill import DistillTask
 from ..workspace.artifacts import load_model_file, read_ensemble
 from ..workspace.layout import MODEL_FILE, Workspace
-from ..workspace.resolve import resolve_model
+from ..workspace.resolve import ResolvedModel, resolve_model
 from .data import distill_manifest
 from .recipe import recipe_key
 from .run import TrainJob, run_training
@@ -94,23 +94,24 @@ def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:
     targets = [index.get(label, -1) for label in manifest.labels]
     teacher, info = teacher_targets(cfg, ws, manifest, run_dir)
     concat = cfg.loss.sim_kl_teacher == "concat"
-    parts = member_targets(ws, info["ensemble"], manifest, cfg.loader.workers) if cfg.loss.members or concat else []
+    if not (cfg.loss.members or concat):
+        return DistillData(manifest, targets, labelled, teacher, info)
+    ens = resolve_model(f"ensemble:{info['ensemble']}", ws)
+    parts = member_targets(ens, ws, manifest, cfg.loader.workers)
     return DistillData(manifest, targets, labelled, teacher, info, parts if cfg.loss.members else [],
-                       concat_targets(ws, info["ensemble"], parts) if concat else None)
+                       concat_targets(ens, parts) if concat else None)
 
 
-def member_targets(ws: Workspace, ensemble: str, manifest: Manifest, workers: int) -> list[np.ndarray]:
+def member_targets(ens: ResolvedModel, ws: Workspace, manifest: Manifest, workers: int) -> list[np.ndarray]:
     """The multi-teacher targets: every member's own feature of each distill row (from the workspace's
     embedding cache, which the ensemble's targets filled)."""
-    parts = resolve_model(f"ensemble:{ensemble}", ws).part_features(manifest, ws, workers=workers)
-    return [np.asarray(p, np.float32) for p in parts]
+    return [np.asarray(p, np.float32) for p in ens.part_features(manifest, ws, workers=workers)]
 
 
-def concat_targets(ws: Workspace, ensemble: str, parts: list[np.ndarray]) -> np.ndarray:
+def concat_targets(ens: ResolvedModel, parts: list[np.ndarray]) -> np.ndarray:
     """The ensemble's fused features before its reducer (merged per group, signed power, L2 per group,
-    concatenated) of the member features `parts`; [rows, concat dim], unit length per row."""
-    head = resolve_model(f"ensemble:{ensemble}", ws).head
-    fused = combine(parts, head.groups, head.power)
+    concatenated) of its member features `parts`; [rows, concat dim], unit length per row."""
+    fused = combine(parts, ens.head.groups, ens.head.power)
     return fused / np.linalg.norm(fused, axis=1, keepdims=True).clip(1e-12)
 
 

@@ -106,6 +106,13 @@ LITE0_SUB3_GEM3 = (("", [], "lite0_multi_long_12ep_sub3_evalgem3"),
 # the 0.680 Lite2 member (seed 3, GeM p=3) + the 12-epoch Lite0 (GeM p=3): the strongest two-member pair
 SEED3_LITE0 = "lite2_multi_12ep_sub3_seed3_evalgem3,lite0_multi_long_12ep_evalgem3"
 SEED3_STEP = "ensemble (the 0.680 Lite2 member, seed 3, + Lite0 12 epochs, both pooled by GeM p=3)"
+# the shipped sub-centre Lite2 recipe with MobileNet-v2 (its coral weights need relu6 and TF "same" padding) in
+# Lite2's place: a strong member of a second family for the ensemble (seed, sizes, stages and head unchanged)
+MNV2_IN_LITE2 = ["backbone.arch=mobilenetv2_100",
+                 "backbone.pretrained=../../../shared/weights/mobilenetv2_100.coral_in1k.safetensors",
+                 "backbone.model_kwargs={act_layer: relu6, pad_type: same}"]
+MNV2_LONG_STEP = "member (MobileNet-v2, the sub-centre Lite2 recipe)"
+SEEDS_LITE0_MNV2 = f"{SEEDS_LITE0},mnv2_multi_12ep_sub3_evalgem3"  # + that MobileNet-v2 pooled by GeM p=3
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -307,6 +314,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, reseeded, pooled by GeM p=3 where it "
      "embeds (no training): the shipped lite2_multi_long recipe at seed 3", LITE2_LONG,
      ["seed=3", "name=lite2_multi_12ep_sub3_seed3_evalgem3"]),
+    (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
+     "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
+    (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",
+     LITE2_LONG, [*MNV2_IN_LITE2, "name=mnv2_multi_12ep_sub3_evalgem3"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),
@@ -348,6 +359,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *pair_rows(SEEDS_STEP, SEEDS_LITE0, "multi_lite2_seeds_lite0",
                "the two averaged + the 12-epoch Lite0 (GeM p=3), signed sqrt concatenation (2,560-d)",
                "the two averaged + that Lite0, signed sqrt, PCA-64 fitted on train"),
+    *pair_rows("ensemble (two Lite2 seeds + Lite0 12 epochs + the 12-epoch MobileNet-v2, all GeM p=3)",
+               SEEDS_LITE0_MNV2, "multi_lite2_seeds_lite0_mnv2",
+               "the four, Lite2s averaged, signed sqrt concatenation (3,840-d)",
+               "the four, signed sqrt, PCA-64 fitted on train"),
     *pair_rows("ensemble (two Lite2 seeds + three Lite0 runs, all pooled by GeM p=3)",
                ",".join([SEEDS_LITE0, *(name for _, _, name in LITE0_SUB3_GEM3)]), "multi_lite2_seeds_lite0x3",
                "the five, Lite2s averaged and Lite0s averaged, signed sqrt concatenation (2,560-d)",

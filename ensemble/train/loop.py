@@ -170,6 +170,8 @@ class Trainer:
         bar = tqdm(loader, desc=desc, dynamic_ncols=True, leave=False, disable=not self.world.main)
         totals = {"loss": 0.0, "batches": 0, "images": 0, "skipped": 0, "steps": 0}
         lrs = {g["tag"]: g["lr"] for g in optimizer.param_groups}
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         accum = self.spec.optim.accum_steps
@@ -195,9 +197,15 @@ class Trainer:
                   "img_per_s": totals["images"] / max(seconds, 1e-9),
                   "seconds": seconds, "lr": lrs,
                   "autocast": str(self.dtype).replace("torch.", "") if self.dtype else None,
-                  **self.task.epoch_info()}
+                  **self._peak_memory(), **self.task.epoch_info()}
         log.info("%s: loss %.4f, %.1f img/s", desc, record["loss"], record["img_per_s"])
         return record
+
+    def _peak_memory(self) -> dict:
+        """The epoch's peak allocated GPU memory (CUDA only; the CPU has no such counter)."""
+        if self.device.type != "cuda":
+            return {}
+        return {"peak_mem_gb": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)}
 
     def _step(self, batch, i, n_batches, optimizer, scheduler, scaler, where) -> float | None:
         device, accum = self.device, self.spec.optim.accum_steps

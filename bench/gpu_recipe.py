@@ -1,0 +1,166 @@
+"""The real recipes' code path on a GPU: ViT-H-14 (random weights), bf16, through the `ens` CLI.
+
+On a GPU machine, from the repository root (the package's dependencies installed; the data is the
+MIT grocery sample shipped in sample/, so nothing else has to travel):
+    python bench/gpu_recipe.py --out gpu_recipe.json [--workdir /tmp/ens_gpu] [--deadline-s 420]
+Here, to store a result and update BENCHMARKS.md:
+    python bench/gpu_recipe.py --record gpu_recipe.json
+
+Each step is one `ens` command as a user types it, with the shipped recipe and only these keys
+overridden: the data (the grocery sample), backbone.pretrained (null: no ViT weights offline),
+optim.max_steps_per_epoch and the loader's workers. Steps: train members/h14_224.yaml (six
+alternating stages), members/h14_280.yaml (init_from h14_224, positional embedding resampled),
+export h14_280 as TorchScript and score that file, fuse both members (flip TTA, merged per
+architecture, PCA-64 fitted on the train images), distill distill/h14_student.yaml from that
+ensemble, export and score the student, then try the student as ONNX (expected: the clear refusal
+above protobuf's 2 GB). Records per step the wall time, exit code and last output lines, and from
+the run folders the per-epoch img/s, autocast dtype, peak GPU memory and checkpoint sizes. With
+random weights on 24 queries, the mP@5 values are smoke numbers, not quality claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "configs" / "data" / "sample.yaml"
+
+
+def member_sets(steps: int, workers: int) -> list[str]:
+    sets = [f"data={DATA}", "backbone.pretrained=null", f"optim.max_steps_per_epoch={steps}",
+            f"loader.workers={workers}"]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def plan(work: Path, steps: int, workers: int) -> list[tuple[str, list[str]]]:
+    """(step name, `ens` arguments) in the order a user runs them."""
+    sets = member_sets(steps, workers)
+    return [
+        ("train-member h14_224", ["train-member", "--cfg", "members/h14_224.yaml", *sets]),
+        ("train-member h14_280", ["train-member", "--cfg", "members/h14_280.yaml", *sets]),
+        ("export h14_280 (TorchScript)", ["export", "h14_280", "--out", str(work / "h14_280.pt")]),
+        ("eval h14_280.pt", ["eval", str(work / "h14_280.pt"), "--data", str(DATA), "--workers", str(workers)]),
+        ("fuse h14_224 + h14_280, PCA-64", ["fuse", "--config", "configs/ensemble/guie.yaml", "--members",
+                                             "h14_224,h14_280", "--name", "guie_2m", "--fit-on", "train",
+                                             "--set", f"workers={workers}"]),
+        ("distill h14_student", ["distill", "--cfg", "distill/h14_student.yaml", *sets, "--set", "teacher=guie_2m"]),
+        ("export h14_student (TorchScript)", ["export", "student:h14_student", "--out", str(work / "h14_student.pt")]),
+        ("eval h14_student.pt", ["eval", str(work / "h14_student.pt"), "--data", str(DATA),
+                                 "--workers", str(workers)]),
+        ("export h14_student (ONNX)", ["export", "student:h14_student", "--out", str(work / "h14_student.onnx")]),
+    ]
+
+
+def last_lines(text: str, n: int = 12) -> list[str]:
+    lines = [line for chunk in text.splitlines() for line in chunk.split("\r") if line.strip()]
+    return [line[:300] for line in lines[-n:]]
+
+
+def run_step(name: str, args: list[str], work: Path, left_s: float) -> dict:
+    env = {**os.environ, "ENS_WORKDIR": str(work / "runs"), "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ensemble.cli", *args], cwd=ROOT, env=env, text=True,
+                              capture_output=True, timeout=max(left_s, 1))
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, stdout, stderr = "timeout", _text(exc.stdout), _text(exc.stderr)
+    seconds = time.perf_counter() - started
+    (work / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")).write_text(stdout + stderr)
+    print(f"[{seconds:7.1f} s] rc={rc} {name}", flush=True)
+    return {"step": name, "command": "ens " + " ".join(args), "rc": rc, "seconds": round(seconds, 1),
+            "stdout": last_lines(stdout), "stderr": last_lines(stderr)}
+
+
+def _text(raw) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw or ""
+
+
+def run_facts(run_dir: Path) -> dict:
+    """Per-epoch throughput and memory, checkpoint sizes and the eval mP@5 of one run folder."""
+    facts: dict = {}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        facts["epochs"] = [{k: r.get(k) for k in ("stage", "train", "steps", "images", "img_per_s", "seconds",
+                                                   "loss", "autocast", "peak_mem_gb")}
+                           for r in map(json.loads, metrics.read_text().splitlines())]
+    facts["files_gb"] = {p.name: round(p.stat().st_size / 1e9, 2) for p in sorted(run_dir.glob("*.pt"))}
+    evaluation = run_dir / "eval.json"
+    if evaluation.is_file():
+        trained = json.loads(evaluation.read_text()).get("trained", {})
+        facts["mP@5"] = {k: v.get("mP@5") for k, v in trained.items() if isinstance(v, dict)}
+    return facts
+
+
+def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path) -> dict:
+    import torch
+
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"date": str(date.today()), "device": device, "torch": torch.__version__,
+              "steps_per_epoch": steps, "workers": workers, "deadline_s": deadline_s, "steps": []}
+    started = time.perf_counter()
+    for name, args in plan(work, steps, workers):
+        left = deadline_s - (time.perf_counter() - started)
+        if left < 20:
+            result["steps"].append({"step": name, "rc": "skipped (deadline)", "seconds": 0})
+            continue
+        result["steps"].append(run_step(name, args, work, left))
+        runs = work / "runs"
+        result["runs"] = {d.name: run_facts(d) for kind in ("members", "students")
+                          for d in sorted((runs / kind).glob("*")) if d.is_dir()}
+        result["exports_gb"] = {p.name: round(p.stat().st_size / 1e9, 2) for p in sorted(work.glob("*.pt"))}
+        out.write_text(json.dumps(result, indent=1))  # after every step: a killed run keeps what it measured
+    return result
+
+
+def table(r: dict) -> str:
+    lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json` on {r['device']} (torch {r['torch']}), "
+             f"{r['date']}, one run; shipped recipes, ViT-H-14 random weights, grocery sample, "
+             f"optim.max_steps_per_epoch={r['steps_per_epoch']}, {r['workers']} loader workers.", "",
+             "| step | exit | wall s | output (last line; stderr's where it failed) |", "|---|---|---|---|"]
+    for s in r["steps"]:
+        shown = [x for x in s.get("stdout" if s["rc"] == 0 else "stderr") or [""] if not x.startswith("unreadable")]
+        tail = (shown or [""])[-1].replace("|", "/")[:140]
+        lines.append(f"| {s['step']} | {s['rc']} | {s['seconds']} | {tail} |")
+    lines += ["", "| run | stage | trains | steps | img/s | autocast | peak GPU mem GB | files GB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, facts in r.get("runs", {}).items():
+        files = ", ".join(f"{k} {v}" for k, v in facts.get("files_gb", {}).items())
+        for e in facts.get("epochs", []):
+            lines.append(f"| {name} | {e['stage'] + 1} | {'+'.join(e['train'])} | {e['steps']} | "
+                         f"{e['img_per_s']:.1f} | {e['autocast']} | {e.get('peak_mem_gb') or ''} | {files} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="measure here (needs a GPU) and write this JSON")
+    parser.add_argument("--workdir", default="/tmp/ens_gpu_recipe", help="scratch folder for runs and exports")
+    parser.add_argument("--steps", type=int, default=2, help="optim.max_steps_per_epoch")
+    parser.add_argument("--workers", type=int, default=8, help="loader workers")
+    parser.add_argument("--deadline-s", type=float, default=420, help="skip the steps that would start after this")
+    parser.add_argument("--record", help="a JSON written by --out: store it and update BENCHMARKS.md")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    if args.out:
+        result = measure(Path(args.workdir), args.steps, args.workers, args.deadline_s, Path(args.out))
+        print(table(result))
+    if args.record:
+        from update_benchmarks import record
+
+        result = json.loads(Path(args.record).read_text())
+        record("gpu_recipe", result, "GPU: the real recipes' code path (ViT-H-14, bf16)", table(result))
+        print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -363,6 +363,14 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
                SEEDS_LITE0_MNV2, "multi_lite2_seeds_lite0_mnv2",
                "the four, Lite2s averaged, signed sqrt concatenation (3,840-d)",
                "the four, signed sqrt, PCA-64 fitted on train"),
+    *pair_rows("ensemble (two Lite2 seeds + Lite0 12 epochs + the 12-epoch MobileNet-v2, all GeM p=3)",
+               SEEDS_LITE0_MNV2, "multi_lite2_seeds_lite0_mnv2_cat",
+               "the four kept apart (merge: concat), signed sqrt concatenation (5,120-d)",
+               "the four kept apart, signed sqrt, PCA-64 fitted on train", extra=("merge=concat",)),
+    *[("ensemble (two Lite2 seeds + Lite0 12 epochs + the 12-epoch MobileNet-v2, all GeM p=3)",
+       f"the four, signed sqrt, learned-{dims} fitted on train (what 64 dimensions cost)", ENSEMBLE,
+       [f"members=[{SEEDS_LITE0_MNV2}]", f"pca={dims}", f"name=multi_lite2_seeds_lite0_mnv2_learned{dims}"])
+      for dims in (128, 256)],
     *pair_rows("ensemble (two Lite2 seeds + three Lite0 runs, all pooled by GeM p=3)",
                ",".join([SEEDS_LITE0, *(name for _, _, name in LITE0_SUB3_GEM3)]), "multi_lite2_seeds_lite0x3",
                "the five, Lite2s averaged and Lite0s averaged, signed sqrt concatenation (2,560-d)",
@@ -408,6 +416,11 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same (2 epochs, the shipped seed's weights, 224 px), the batch-similarity KL taken from the "
            "ensemble's unreduced 2,560-d concatenation instead of its 64-d output (loss.sim_kl_teacher: concat)",
            "lite2_multi_12ep_sub3_evalgem3", "_concat_kl", 2, 224, ["loss.sim_kl_teacher=concat"]))],
+    ("student (EfficientNet-Lite2) of the four-member ensemble (two Lite2 seeds + Lite0 + MobileNet-v2)",
+     "the same Lite2 student (2 epochs, the shipped seed's weights, 224 px) with teacher "
+     "multi_lite2_seeds_lite0_mnv2_cat (the four kept apart, 64-d recipe, 0.665)", STUDENT,
+     lite2_student("multi_lite2_seeds_lite0_mnv2_cat", "lite2_multi_12ep_sub3_evalgem3",
+                   "lite2_student_of_lite2_seeds_lite0_mnv2")),
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

@@ -31,6 +31,9 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ensemble.atomic import atomic_write_json  # noqa: E402
+
 DATA = ROOT / "configs" / "data" / "sample.yaml"
 
 
@@ -60,7 +63,7 @@ def plan(work: Path, steps: int, workers: int) -> list[tuple[str, list[str]]]:
 
 
 def last_lines(text: str, n: int = 12) -> list[str]:
-    lines = [line for chunk in text.splitlines() for line in chunk.split("\r") if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]  # splitlines also splits tqdm's \r
     return [line[:300] for line in lines[-n:]]
 
 
@@ -118,7 +121,7 @@ def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path) 
         result["runs"] = {d.name: run_facts(d) for kind in ("members", "students")
                           for d in sorted((runs / kind).glob("*")) if d.is_dir()}
         result["exports_gb"] = {p.name: round(p.stat().st_size / 1e9, 2) for p in sorted(work.glob("*.pt"))}
-        out.write_text(json.dumps(result, indent=1))  # after every step: a killed run keeps what it measured
+        atomic_write_json(out, result, indent=1)  # after every step: a killed run keeps what it measured
     return result
 
 

@@ -22,7 +22,9 @@ signed square root, and fitted on the index, transductive), and a
 Lite2 student distils the three-member one (2 and 3 epochs from the shipped seed's weights, 2 from
 seed 3's; at 260 px, with ArcFace, reseeded, multi-teacher, and with the similarity KL from the
 unreduced concatenation). Both sub-centre Lite2 seeds are also WiSE-FT interpolated (0.7, 0.85) and
-pooled by GeM p=3.
+pooled by GeM p=3. The same Lite2 recipe trains MobileNet-v2 and MobileNet-v1 in Lite2's place (two more
+families; average-pooled and GeM p=3), fused with the three into four- and five-member ensembles
+(averaged and kept apart), and a Lite2 student distils the four-member one.
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
@@ -113,6 +115,12 @@ MNV2_IN_LITE2 = ["backbone.arch=mobilenetv2_100",
                  "backbone.model_kwargs={act_layer: relu6, pad_type: same}"]
 MNV2_LONG_STEP = "member (MobileNet-v2, the sub-centre Lite2 recipe)"
 SEEDS_LITE0_MNV2 = f"{SEEDS_LITE0},mnv2_multi_12ep_sub3_evalgem3"  # + that MobileNet-v2 pooled by GeM p=3
+MNV1_IN_LITE2 = ["backbone.arch=mobilenetv1_100",  # the same for MobileNet-v1: a third family
+                 "backbone.pretrained=../../../shared/weights/mobilenetv1_100.coral_in1k.safetensors",
+                 "backbone.model_kwargs={act_layer: relu6, pad_type: same}"]
+MNV1_LONG_STEP = "member (MobileNet-v1, the sub-centre Lite2 recipe)"
+ALL_FOUR_FAMILIES = f"{SEEDS_LITE0_MNV2},mnv1_multi_12ep_sub3_evalgem3"  # + that MobileNet-v1 pooled by GeM p=3
+FIVE_STEP = "ensemble (two Lite2 seeds + Lite0 + MobileNet-v2 + MobileNet-v1, all 12 epochs, all GeM p=3)"
 EVAL_PX = "eval_px="  # a bench-only override: score the trained model at another size (no retraining)
 
 
@@ -318,6 +326,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
     (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",
      LITE2_LONG, [*MNV2_IN_LITE2, "name=mnv2_multi_12ep_sub3_evalgem3"]),
+    (MNV1_LONG_STEP, "lite2_multi_long with MobileNet-v1 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
+     "eval 260 px, average-pooled", LITE2_LONG, [*MNV1_IN_LITE2, "eval.gem_p=null", "name=mnv1_multi_12ep_sub3"]),
+    (MNV1_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",
+     LITE2_LONG, [*MNV1_IN_LITE2, "name=mnv1_multi_12ep_sub3_evalgem3"]),
     ("ensemble (lite0_multi_long in place of lite0_multi)", "the recipe, members mnv1_multi, mnv2_multi, "
      "lite0_multi_long", ENSEMBLE, ["members=[mnv1_multi,mnv2_multi,lite0_multi_long]", "name=multi_cpu_long"]),
     *pair_rows("ensemble (Lite2 + Lite0, the two strongest members)", TWO_BEST, "multi_lite2"),
@@ -371,6 +383,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
        f"the four, signed sqrt, learned-{dims} fitted on train (what 64 dimensions cost)", ENSEMBLE,
        [f"members=[{SEEDS_LITE0_MNV2}]", f"pca={dims}", f"name=multi_lite2_seeds_lite0_mnv2_learned{dims}"])
       for dims in (128, 256)],
+    *pair_rows(FIVE_STEP, ALL_FOUR_FAMILIES, "multi_four_families",
+               "the five, Lite2s averaged, signed sqrt concatenation (4,864-d)",
+               "the five, signed sqrt, PCA-64 fitted on train"),
+    *pair_rows(FIVE_STEP, ALL_FOUR_FAMILIES, "multi_four_families_cat",
+               "the five kept apart (merge: concat), signed sqrt concatenation (6,144-d)",
+               "the five kept apart, signed sqrt, PCA-64 fitted on train", extra=("merge=concat",)),
     *pair_rows("ensemble (two Lite2 seeds + three Lite0 runs, all pooled by GeM p=3)",
                ",".join([SEEDS_LITE0, *(name for _, _, name in LITE0_SUB3_GEM3)]), "multi_lite2_seeds_lite0x3",
                "the five, Lite2s averaged and Lite0s averaged, signed sqrt concatenation (2,560-d)",

@@ -389,6 +389,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *pair_rows(FIVE_STEP, ALL_FOUR_FAMILIES, "multi_four_families_cat",
                "the five kept apart (merge: concat), signed sqrt concatenation (6,144-d)",
                "the five kept apart, signed sqrt, PCA-64 fitted on train", extra=("merge=concat",)),
+    (FIVE_STEP, "the recipe with the five kept apart and margin 0.35, the hold-out pick "
+     "(bench/multi_projection_holdout.py: chosen on held-out train classes)", ENSEMBLE,
+     [f"members=[{ALL_FOUR_FAMILIES}]", "merge=concat", "learned.margin=0.35", "name=multi_four_families_cat_m035"]),
     *pair_rows("ensemble (two Lite2 seeds + three Lite0 runs, all pooled by GeM p=3)",
                ",".join([SEEDS_LITE0, *(name for _, _, name in LITE0_SUB3_GEM3)]), "multi_lite2_seeds_lite0x3",
                "the five, Lite2s averaged and Lite0s averaged, signed sqrt concatenation (2,560-d)",
@@ -439,6 +442,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      "multi_lite2_seeds_lite0_mnv2_cat (the four kept apart, 64-d recipe, 0.665)", STUDENT,
      lite2_student("multi_lite2_seeds_lite0_mnv2_cat", "lite2_multi_12ep_sub3_evalgem3",
                    "lite2_student_of_lite2_seeds_lite0_mnv2")),
+    ("student (EfficientNet-Lite2) of the five-member ensemble (four families)",
+     "the same Lite2 student (2 epochs, the shipped seed's weights, 224 px) with teacher "
+     "multi_four_families_cat_m035 (the five kept apart, margin 0.35: the hold-out pick)", STUDENT,
+     lite2_student("multi_four_families_cat_m035", "lite2_multi_12ep_sub3_evalgem3", "lite2_student_of_four_families")),
     *[("student (EfficientNet-Lite2) of the seed-3 Lite2 + Lite0 ensemble", variant, STUDENT,
        [*lite2_student("multi_lite2s3_lite0", "lite2_multi_12ep_sub3_seed3", name), *extra])
       for variant, name, extra in (

@@ -68,7 +68,7 @@ def holdout_split(labels: np.ndarray, domains: np.ndarray, seed: int = 0) -> tup
 
 def holdout_score(reducer, fused: np.ndarray, labels: np.ndarray, domains: np.ndarray, masks) -> dict:
     """Held-out queries against the held-out index halves plus every fitted image (distractors)."""
-    _, query, index = masks
+    query = masks[1]
     pool = ~query  # fitted rows and the held-out index halves
     q, x = reducer.transform(fused[query]), reducer.transform(fused[pool])
     return evaluate_embeddings(q, list(labels[query]), x, list(labels[pool]), q_domains=list(domains[query]))
@@ -102,7 +102,7 @@ def main() -> None:
     for settings in settings_grid(base):
         started = time.perf_counter()
         reducer = fit_projection(fused["train"][masks[0]], list(labels[masks[0]]), start, ProjectionCfg(**settings))
-        rows.append(report_row("hold-out", changed(settings, base), settings,
+        rows.append(report_row("hold-out", changed(settings, base), settings, reducer.out_dim,
                                holdout_score(reducer, fused["train"], labels, domains, masks), started))
     picks = select(rows)
     full_start = fit_pca(fused["train"], described["out_dim"])
@@ -112,7 +112,7 @@ def main() -> None:
             reducer = fit_projection(fused["train"], list(labels), full_start, ProjectionCfg(**settings), seed=seed)
             emb = {s: reducer.transform(fused[s]) for s in ("query", "index")}
             rows.append(report_row("eval (query vs index)", f"{changed(settings, base)}; seed {seed}", settings,
-                                   score(emb, manifests), started))
+                                   reducer.out_dim, score(emb, manifests), started))
     result = {"command": f"python bench/multi_projection_holdout.py --ensemble {args.ensemble}",
               "date": str(date.today()), "machine": machine(), "ensemble": args.ensemble,
               "holdout": {"fit_rows": int(masks[0].sum()), "query_rows": int(masks[1].sum()),
@@ -134,9 +134,9 @@ def unique(settings: list[dict]) -> list[dict]:
     return [s for i, s in enumerate(settings) if s not in settings[:i]]
 
 
-def report_row(scored_on: str, variant: str, settings: dict, report: dict, started: float) -> dict:
+def report_row(scored_on: str, variant: str, settings: dict, dims: int, report: dict, started: float) -> dict:
     print(f"{scored_on}: {variant}: macro {report['macro_mP@5']:.4f}", flush=True)
-    return {"scored on": scored_on, "variant": variant, "settings": settings, "dim": 64,
+    return {"scored on": scored_on, "variant": variant, "settings": settings, "dim": dims,
             "macro_mP@5": report["macro_mP@5"], "mP@5": report["mP@5"], "per_domain": report["per_domain"],
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -145,7 +145,7 @@ def table(result: dict) -> str:
     h = result["holdout"]
     return domain_table(
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, features from the "
-        f"embedding cache of `bench/multi_variants.py`. Hold-out rows: PCA-64 and the projection fitted on "
+        f"embedding cache of `bench/multi_variants.py`. Hold-out rows: the PCA start and the projection fitted on "
         f"{h['fit_rows']:,} train images; {h['held_out_classes']} held-out train classes (20% per domain) scored "
         f"with {h['query_rows']:,} queries against {h['index_rows']:,} images (their other halves + every fitted "
         "image). Selected without any eval image: "

@@ -24,7 +24,8 @@ seed 3's; at 260 px, with ArcFace, reseeded, multi-teacher, and with the similar
 unreduced concatenation). Both sub-centre Lite2 seeds are also WiSE-FT interpolated (0.7, 0.85) and
 pooled by GeM p=3. The same Lite2 recipe trains MobileNet-v2 and MobileNet-v1 in Lite2's place (two more
 families; average-pooled and GeM p=3), fused with the three into four- and five-member ensembles
-(averaged and kept apart), and a Lite2 student distils the four-member one.
+(averaged and kept apart; the five also with the hold-out pick, margin 0.35), and a Lite2 student
+distils the four-member one and that five-member one.
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain

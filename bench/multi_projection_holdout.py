@@ -40,7 +40,6 @@ from ensemble.fuse.combine import combine  # noqa: E402
 from ensemble.fuse.learned import fit_projection  # noqa: E402
 from ensemble.fuse.reducer import fit_pca  # noqa: E402
 from ensemble.workspace.layout import Workspace  # noqa: E402
-from ensemble.workspace.resolve import resolve_model  # noqa: E402
 
 HOLDOUT_FRACTION = 0.2
 GRID = {"margin": (0.2, 0.35, 0.5), "epochs": (20, 10), "neighbour_tau": (0.05, 0.1, 0.2)}
@@ -90,9 +89,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--ensemble", default="multi_lite2_seeds_lite0_mnv2_cat")
     args = parser.parse_args()
-    ws = Workspace.at(args.workdir)
-    described = resolve_model(f"ensemble:{args.ensemble}", ws).ensemble.description
-    parts, manifests, _ = member_features(ws, args.ensemble)
+    features = member_features(Workspace.at(args.workdir), args.ensemble)
+    parts, manifests, described = features.parts, features.manifests, features.model.ensemble.description
     fused = {s: combine(f, described["groups"], described["power"]) for s, f in parts.items()}
     labels, domains = np.asarray(manifests["train"].labels), np.asarray(manifests["train"].domains)
     masks = holdout_split(labels, domains)

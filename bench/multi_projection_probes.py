@@ -34,7 +34,6 @@ from ensemble.config.schema import ProjectionCfg  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
 from ensemble.fuse.learned import fit_projection, label_head, labelled_rows, neighbour_loss  # noqa: E402
 from ensemble.fuse.reducer import fit_pca  # noqa: E402
-from ensemble.workspace import Workspace, resolve_model  # noqa: E402
 
 RECIPE = ProjectionCfg(neighbour_weight=1.0, neighbour_tau_teacher=0.05, lr=3e-4)  # configs/ensemble/multi_cpu.yaml
 # (variant text, probe settings or None for the library's fit_projection, ProjectionCfg changes, seeds)
@@ -109,8 +108,8 @@ def probe_fit(x: np.ndarray, labels: list[str], domains: np.ndarray, start, cfg:
 
 
 def main() -> None:
-    args, parts, manifests, _ = sweep_inputs(__doc__.splitlines()[0], "multi_lite2_seeds_lite0")
-    head = resolve_model(f"ensemble:{args.ensemble}", Workspace.at(args.workdir)).head
+    args, features = sweep_inputs(__doc__.splitlines()[0], "multi_lite2_seeds_lite0")
+    parts, manifests, head = features.parts, features.manifests, features.model.head
     fused = {split: combine(feats, head.groups, head.power) for split, feats in parts.items()}
     labels, domains = list(manifests["train"].labels), np.asarray(manifests["train"].domains)
     start = fit_pca(fused["train"], 64)

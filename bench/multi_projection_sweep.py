@@ -60,7 +60,8 @@ def describe(power: float, settings: dict, seed: int) -> str:
 
 
 def main() -> None:
-    args, parts, manifests, blocks = sweep_inputs(__doc__.splitlines()[0])
+    args, features = sweep_inputs(__doc__.splitlines()[0])
+    parts, manifests, blocks = features.parts, features.manifests, features.blocks
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = list(manifests["train"].labels)
     fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows

@@ -40,7 +40,7 @@ from ensemble.data.manifest import read_manifest  # noqa: E402
 from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
 from ensemble.workspace.layout import Workspace  # noqa: E402
-from ensemble.workspace.resolve import resolve_model  # noqa: E402
+from ensemble.workspace.resolve import ResolvedModel, resolve_model  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
 
@@ -129,25 +129,36 @@ VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet
 ]
 
 
-def member_features(ws: Workspace, ensemble: str) -> tuple[dict, dict, list[slice]]:
-    """Per split: the members' features (cached), the manifests, and each member's column block."""
+@dataclass(frozen=True)
+class MemberFeatures:
+    """An ensemble's resolved model and its members' features: per split the cached features and the manifest,
+    and each member's column block."""
+
+    model: ResolvedModel
+    parts: dict
+    manifests: dict
+    blocks: list[slice]
+
+
+def member_features(ws: Workspace, ensemble: str) -> MemberFeatures:
+    """`MemberFeatures` of `ensemble` in `ws` (resolved once; its members' features from the feature cache)."""
     model = resolve_model(f"ensemble:{ensemble}", ws)
     data = load_data_cfg(str(DATA))
     manifests = {split: read_manifest(getattr(data, split)) for split in ("train", "query", "index")}
     parts = {split: model.part_features(m, ws, workers=2) for split, m in manifests.items()}
     widths = [f.shape[1] for f in parts["train"]]
     starts = np.cumsum([0, *widths])
-    return parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    return MemberFeatures(model, parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])])
 
 
-def sweep_inputs(description: str, ensemble: str = "multi_cpu") -> tuple[argparse.Namespace, dict, dict, list[slice]]:
+def sweep_inputs(description: str, ensemble: str = "multi_cpu") -> tuple[argparse.Namespace, MemberFeatures]:
     """The command line of a sweep (--workdir, --ensemble, default `ensemble`) and `member_features` of that
     ensemble."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--ensemble", default=ensemble, help="its members' features are swept")
     args = parser.parse_args()
-    return args, *member_features(Workspace.at(args.workdir), args.ensemble)
+    return args, member_features(Workspace.at(args.workdir), args.ensemble)
 
 
 def score(emb: dict, manifests: dict) -> dict:
@@ -157,7 +168,8 @@ def score(emb: dict, manifests: dict) -> dict:
 
 
 def main() -> None:
-    args, parts, manifests, blocks = sweep_inputs(__doc__.splitlines()[0])
+    args, features = sweep_inputs(__doc__.splitlines()[0])
+    parts, manifests, blocks = features.parts, features.manifests, features.blocks
     model_groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = np.asarray(manifests["train"].labels)
     fused, fit_sets, rows = {}, {}, []

@@ -30,12 +30,16 @@ The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
 take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
 members are not in the workspace, as under --only) and fuse them with its recipe (the 0.3 ones also
-without labels: PCA-64, and the learned projection with its neighbour term only), and its three members
+without labels: PCA-64, PCA-64 whitened, and the learned projection with its neighbour term only; and,
+as diagnostics that are not leave-domain-out, fitted on all six domains' train images: the recipe, PCA-64,
+and the recipe with the held-out domains' images unlabelled), and its three members
 trained with the backbone frozen (neck and head only: their backbone features are the untrained
 backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way.
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
-250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder.
+250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder;
+configs/data/multi_train_heldout_unlabelled.csv is multi/train.csv with the label of every illustrations
+and dishes row left empty (the learned projection uses unlabelled rows in its neighbour term only).
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
 --only, just the rows whose step or variant contains one of the texts are run and the others are
 kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows;
@@ -188,6 +192,8 @@ def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
             "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
+SIX_TRAIN = ROOT.parent / "shared" / "data" / "multi" / "train.csv"  # multi's train images, all six domains
+DIAGNOSTIC = "NOT leave-domain-out (diagnostic):"
 LODO_REDUCERS = (  # the leave-domain-out ensemble recipe changed (all for WiSE-FT 0.3, two for head-only)
     ("the three, signed sqrt concatenation (no 64-d projection)", ["projection=pca", "pca=null"], "concat"),
     *[(f"the same ensemble, neighbour term x{w:g}", [f"learned.neighbour_weight={w}"], f"nb{w:g}")
@@ -196,6 +202,13 @@ LODO_REDUCERS = (  # the leave-domain-out ensemble recipe changed (all for WiSE-
     ("the same members, signed sqrt + PCA-64 fitted on train", ["projection=pca"], "pca"),
     ("the same members, learned-64 with the neighbour term only (learned.label_weight 0: no labels)",
      ["learned.label_weight=0"], "nbonly"),
+    ("the same members, signed sqrt + PCA-64 whitened, fitted on train", ["projection=pca", "whiten=true"], "pcaw"),
+    # NOT leave-domain-out: the 64-d fit sees the held-out domains' train images, to tell what loses them
+    (f"{DIAGNOSTIC} the recipe fitted on all six domains' train images and labels", [f"fit_on={SIX_TRAIN}"], "six"),
+    (f"{DIAGNOSTIC} signed sqrt + PCA-64 fitted on all six domains' train images",
+     ["projection=pca", f"fit_on={SIX_TRAIN}"], "six_pca"),
+    (f"{DIAGNOSTIC} the recipe fitted on the four domains' labels + the held-out domains' train images unlabelled",
+     [f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_heldout_unlabelled.csv'}"], "semi"),
 )
 # the leave-domain-out members with the backbone frozen (only neck and head train, backbone in eval mode): their
 # backbone features are the untrained ImageNet backbones', so their ensembles show what fitting the 64-d reduction

@@ -39,7 +39,8 @@ Nothing here is fitted on query or index images except the rows labelled transdu
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder;
 configs/data/multi_train_heldout_unlabelled.csv is multi/train.csv with the label of every illustrations
-and dishes row left empty (the learned projection uses unlabelled rows in its neighbour term only).
+and dishes row left empty (unlabelled rows enter the learned projection's PCA start and neighbour term,
+not its label loss).
 Writes bench/results/multi_variants.json and the "GUIE-mini variants" table of BENCHMARKS.md; with
 --only, just the rows whose step or variant contains one of the texts are run and the others are
 kept from that JSON (read again at each save, so concurrent --only invocations keep each other's rows;

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-
 # a run's name becomes a folder under the workspace: no separators, no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
@@ -276,7 +275,8 @@ class TTACfg(Strict):
 class ProjectionCfg(Strict):
     """Training of a learned projection (`projection: learned`): CosFace on the fit set's labels (weight
     label_weight), plus optionally a neighbour term that keeps each row's neighbours in the
-    concatenation (no labels used); label_weight 0 with a neighbour term: neighbours only."""
+    concatenation (no labels used; rows with an empty label join it, not the label loss); label_weight 0
+    with a neighbour term: neighbours only."""
 
     epochs: PositiveInt = 20
     lr: float = Field(1e-3, gt=0)

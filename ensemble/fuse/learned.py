@@ -5,7 +5,8 @@ set's labels (weight `label_weight`) trains the projection with one class centre
 centres start at the class means). The optional neighbour term (`neighbour_weight`) makes the
 projected in-batch similarities reproduce the concatenation's nearest neighbours, so the label loss
 cannot collapse what the training labels do not name (unseen classes, category-level domains);
-with `label_weight: 0` it is the only loss and the fit set needs no labels. The result keeps
+unlabelled fit rows ('' labels) enter the neighbour term only, and with `label_weight: 0` it is the
+only loss and the fit set needs no labels. The result keeps
 PCA's form, y = normalize((x - mean) @ W^T), so the fusion graph, export and eval run it unchanged.
 """
 
@@ -54,17 +55,22 @@ def trained_on(cfg: ProjectionCfg) -> str:
 
 
 def fit_projection(features, labels: list[str], start: PCAReducer, cfg: ProjectionCfg, seed: int = 0) -> PCAReducer:
-    """Train W [out, d] from `start`'s components on the labelled rows of `features` [n, d]; with
-    `label_weight: 0` on every row, so the fit set may be unlabelled."""
+    """Train W [out, d] from `start`'s components on `features` [n, d]: the label term on the labelled rows,
+    the neighbour term on every row, so unlabelled rows ('' labels) shape the map through their neighbours;
+    with `label_weight: 0` the fit set may be unlabelled throughout."""
+    targets = np.full(len(labels), -1, np.int64)  # -1: unlabelled
+    classes: list[str] = []
     if cfg.label_weight > 0:
-        rows, targets, classes = labelled_rows(labels)
-    else:
-        rows, targets, classes = np.arange(len(labels)), np.zeros(len(labels), np.int64), []
+        labelled, classes_of_rows, classes = labelled_rows(labels)
+        targets[labelled] = classes_of_rows
+    # without a neighbour term an unlabelled row contributes nothing: keep the labelled rows only
+    labels_only = cfg.label_weight > 0 and cfg.neighbour_weight == 0
+    rows = np.flatnonzero(targets >= 0) if labels_only else np.arange(len(labels))
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.asarray(features[rows], np.float32) - start.mean)
-    y = torch.from_numpy(targets)
+    y = torch.from_numpy(targets[rows])
     proj = torch.nn.Parameter(torch.from_numpy(start.components.copy()))
-    head = label_head(x, y, proj, classes, cfg) if classes else None
+    head = label_head(x[y >= 0], y[y >= 0], proj, classes, cfg) if classes else None
     opt = torch.optim.AdamW([proj, *(head.parameters() if head else [])], lr=cfg.lr, weight_decay=cfg.weight_decay)
     mean = torch.from_numpy(np.asarray(start.mean, np.float32))
     for _ in tqdm(range(cfg.epochs), desc=label(f"learn projection-{start.out_dim} ({len(rows):,} rows)"),
@@ -72,8 +78,10 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
             projected = x[batch] @ proj.T
             loss = torch.zeros(())
-            if head is not None:
-                loss = loss + cfg.label_weight * F.cross_entropy(head(projected, y[batch]), y[batch])
+            named = y[batch] >= 0
+            if head is not None and bool(named.any()):
+                loss = loss + cfg.label_weight * F.cross_entropy(head(projected[named], y[batch][named]),
+                                                                 y[batch][named])
             if cfg.neighbour_weight > 0:
                 loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
                                                                     cfg.neighbour_tau_teacher, cfg.neighbour_tau)

@@ -112,3 +112,19 @@ def test_label_weight_zero_trains_on_the_neighbour_term_alone():
     assert trained_on(ProjectionCfg()) == "the fit set's labels"
     with pytest.raises(ValueError, match="label_weight and neighbour_weight are both 0: the projection would not"):
         ProjectionCfg(label_weight=0)
+
+
+def test_unlabelled_rows_join_the_neighbour_term_only():
+    train, train_classes, _ = kinds_and_classes(300, seed=0)
+    pca = fit_pca(train, 4)
+    named = np.arange(len(train)) % 2 == 0  # every second row labelled
+    partial = [c if keep else "" for c, keep in zip(train_classes, named)]
+
+    def fit(x, labels, neighbour_weight: float):
+        cfg = ProjectionCfg(epochs=5, batch_size=64, lr=1e-2, neighbour_weight=neighbour_weight)
+        return fit_projection(x, labels, pca, cfg).components
+
+    labelled_only = [c for c, keep in zip(train_classes, named) if keep]
+    # with the neighbour term the unlabelled rows change the fit; without it they are left out exactly
+    assert not np.allclose(fit(train, partial, 1.0), fit(train[named], labelled_only, 1.0), atol=1e-3)
+    assert np.allclose(fit(train, partial, 0.0), fit(train[named], labelled_only, 0.0), atol=1e-6)

@@ -69,7 +69,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.commands.pipeline import load_pipeline_cfg, run_pipeline  # noqa: E402
-from ensemble.config.load import load_member_cfg, load_student_cfg  # noqa: E402
+from ensemble.config.load import load_data_cfg, load_member_cfg, load_student_cfg  # noqa: E402
 from ensemble.evaluate.run import evaluate  # noqa: E402
 from ensemble.fuse.config import ensemble_cfg  # noqa: E402
 from ensemble.fuse.fit import fuse_or_reuse  # noqa: E402
@@ -193,7 +193,7 @@ def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
             "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
-SIX_TRAIN = ROOT.parent / "shared" / "data" / "multi" / "train.csv"  # multi's train images, all six domains
+SIX_TRAIN = load_data_cfg(str(DATA)).train  # multi's train images, all six domains (its data config's)
 DIAGNOSTIC = "NOT leave-domain-out (diagnostic):"
 LODO_REDUCERS = (  # the leave-domain-out ensemble recipe changed (all for WiSE-FT 0.3, two for head-only)
     ("the three, signed sqrt concatenation (no 64-d projection)", ["projection=pca", "pca=null"], "concat"),

@@ -3,6 +3,7 @@
 On a GPU machine, from the repository root (the package's dependencies installed; the data is the
 MIT grocery sample shipped in sample/, so nothing else has to travel):
     python bench/gpu_recipe.py --out gpu_recipe.json [--workdir /tmp/ens_gpu] [--deadline-s 420]
+    (--only 'train-member h14_224,export h14_224' --member h14_224 reruns some steps)
 Here, to store a result and update BENCHMARKS.md:
     python bench/gpu_recipe.py --record gpu_recipe.json
 
@@ -43,14 +44,14 @@ def member_sets(steps: int, workers: int) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def plan(work: Path, steps: int, workers: int) -> list[tuple[str, list[str]]]:
-    """(step name, `ens` arguments) in the order a user runs them."""
+def plan(work: Path, steps: int, workers: int, member: str = "h14_280") -> list[tuple[str, list[str]]]:
+    """(step name, `ens` arguments) in the order a user runs them; `member` is the one exported and scored."""
     sets = member_sets(steps, workers)
     return [
         ("train-member h14_224", ["train-member", "--cfg", "members/h14_224.yaml", *sets]),
         ("train-member h14_280", ["train-member", "--cfg", "members/h14_280.yaml", *sets]),
-        ("export h14_280 (TorchScript)", ["export", "h14_280", "--out", str(work / "h14_280.pt")]),
-        ("eval h14_280.pt", ["eval", str(work / "h14_280.pt"), "--data", str(DATA), "--workers", str(workers)]),
+        (f"export {member} (TorchScript)", ["export", member, "--out", str(work / f"{member}.pt")]),
+        (f"eval {member}.pt", ["eval", str(work / f"{member}.pt"), "--data", str(DATA), "--workers", str(workers)]),
         ("fuse h14_224 + h14_280, PCA-64", ["fuse", "--config", "configs/ensemble/guie.yaml", "--members",
                                              "h14_224,h14_280", "--name", "guie_2m", "--fit-on", "train",
                                              "--set", f"workers={workers}"]),
@@ -80,7 +81,19 @@ def run_step(name: str, args: list[str], work: Path, left_s: float) -> dict:
     (work / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")).write_text(stdout + stderr)
     print(f"[{seconds:7.1f} s] rc={rc} {name}", flush=True)
     return {"step": name, "command": "ens " + " ".join(args), "rc": rc, "seconds": round(seconds, 1),
-            "stdout": last_lines(stdout), "stderr": last_lines(stderr)}
+            "stdout": last_lines(stdout), "stderr": last_lines(stderr), "error": error_line(stderr)}
+
+
+def error_line(text: str) -> str:
+    """The last line that names an error (a traceback's message sits above its last 12 lines)."""
+    lines = text.splitlines()
+    errors = [(i, x) for i, x in enumerate(lines) if re.search(r"Error\b|error:", x) and "Warning" not in x]
+    if not errors:
+        return ""
+    i, line = errors[-1]
+    if line.rstrip().endswith(":") and i + 1 < len(lines):  # torch puts its message on the next line
+        line = line.strip() + " " + lines[i + 1].strip()
+    return line[:300]
 
 
 def _text(raw) -> str:
@@ -103,15 +116,19 @@ def run_facts(run_dir: Path) -> dict:
     return facts
 
 
-def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path) -> dict:
+def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path, member: str = "h14_280",
+            only: list[str] | None = None) -> dict:
     import torch
 
     work.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result = {"date": str(date.today()), "device": device, "torch": torch.__version__,
-              "steps_per_epoch": steps, "workers": workers, "deadline_s": deadline_s, "steps": []}
+              "steps_per_epoch": steps, "workers": workers, "deadline_s": deadline_s, "member": member,
+              "only": only, "steps": []}
     started = time.perf_counter()
-    for name, args in plan(work, steps, workers):
+    for name, args in plan(work, steps, workers, member):
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
         left = deadline_s - (time.perf_counter() - started)
         if left < 20:
             result["steps"].append({"step": name, "rc": "skipped (deadline)", "seconds": 0})
@@ -125,14 +142,28 @@ def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path) 
     return result
 
 
+def shown_line(step: dict) -> str:
+    """The output line that says how a step ended: stdout's last when it exited 0 (or wrote a result
+    before its time ran out), else stderr's last error line, else stderr's last line."""
+    stdout = [x for x in step.get("stdout") or [] if not x.startswith("unreadable")]
+    if stdout and step["rc"] in (0, "timeout"):
+        return stdout[-1]
+    if step.get("error"):
+        return step["error"]
+    stderr = step.get("stderr") or []
+    return (stderr or [""])[-1]
+
+
 def table(r: dict) -> str:
-    lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json` on {r['device']} (torch {r['torch']}), "
+    options = "".join(f" --{k} {r[k]}" for k in ("member",) if r.get(k, "h14_280") != "h14_280")
+    options += f" --only '{','.join(r['only'])}'" if r.get("only") else ""
+    lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json{options}` on {r['device']} "
+             f"(torch {r['torch']}), "
              f"{r['date']}, one run; shipped recipes, ViT-H-14 random weights, grocery sample, "
              f"optim.max_steps_per_epoch={r['steps_per_epoch']}, {r['workers']} loader workers.", "",
              "| step | exit | wall s | output (last line; stderr's where it failed) |", "|---|---|---|---|"]
     for s in r["steps"]:
-        shown = [x for x in s.get("stdout" if s["rc"] == 0 else "stderr") or [""] if not x.startswith("unreadable")]
-        tail = (shown or [""])[-1].replace("|", "/")[:140]
+        tail = shown_line(s).replace("|", "/")[:140]
         lines.append(f"| {s['step']} | {s['rc']} | {s['seconds']} | {tail} |")
     lines += ["", "| run | stage | trains | steps | img/s | autocast | peak GPU mem GB | files GB |",
               "|---|---|---|---|---|---|---|---|"]
@@ -151,17 +182,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optim.max_steps_per_epoch")
     parser.add_argument("--workers", type=int, default=8, help="loader workers")
     parser.add_argument("--deadline-s", type=float, default=420, help="skip the steps that would start after this")
+    parser.add_argument("--member", default="h14_280", help="the member exported and scored as a file")
+    parser.add_argument("--only", help="comma-separated step-name prefixes to run (default: all)")
     parser.add_argument("--record", help="a JSON written by --out: store it and update BENCHMARKS.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     if args.out:
-        result = measure(Path(args.workdir), args.steps, args.workers, args.deadline_s, Path(args.out))
+        only = [x.strip() for x in args.only.split(",")] if args.only else None
+        result = measure(Path(args.workdir), args.steps, args.workers, args.deadline_s, Path(args.out),
+                         args.member, only)
         print(table(result))
     if args.record:
         from update_benchmarks import record
 
         result = json.loads(Path(args.record).read_text())
-        record("gpu_recipe", result, "GPU: the real recipes' code path (ViT-H-14, bf16)", table(result))
+        name, title = "gpu_recipe", "GPU: the real recipes' code path (ViT-H-14, bf16)"
+        if result.get("only"):  # a rerun of some steps keeps the full run's table beside it
+            name, title = "gpu_recipe_partial", title + ", steps rerun"
+        record(name, result, title, table(result))
         print(table(result))
 
 

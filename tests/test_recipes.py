@@ -23,6 +23,7 @@ import torch
 from ensemble.config.load import load_member_cfg, load_student_cfg
 from ensemble.config.schema import MemberCfg, StudentCfg
 from ensemble.losses.margin import margin_at_epoch
+from ensemble.models.member import build_member_model
 from tests.conftest import COIL20, ROOT, coil_rows, need_shared, write_manifest
 
 # the real open_clip architectures -> a tiny stand-in of the same family (registered below)
@@ -166,7 +167,9 @@ def test_shipped_recipe_trains_embeds_and_exports(recipe, recipe_ws):
     if cfg.backbone.source == "open_clip":  # positional embedding resampled to the recipe's grid
         tower = model.backbone.tower
         assert tower.positional_embedding.shape[0] == (size // 14) ** 2 + 1
-        assert tower.transformer.grad_checkpointing == cfg.backbone.grad_checkpointing
+        trained = build_member_model(cfg, load_weights=False).backbone.tower  # as train-member/distill build it
+        assert trained.transformer.grad_checkpointing == cfg.backbone.grad_checkpointing
+        assert tower.transformer.grad_checkpointing is False  # a loaded file embeds and exports without it
         assert model.backbone.out_dim == (48 if cfg.backbone.drop_proj else 32)  # width 48, projection to 32
 
     spec = f"student:{cfg.name}" if student else cfg.name

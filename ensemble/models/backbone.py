@@ -37,6 +37,11 @@ class Backbone(nn.Module):
             return self.tower(x)
         return gem_pool(self.tower.forward_features(x), self.gem_p)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward (training memory). Off for inference: with it on,
+        torch 2.11 traces torch.utils.checkpoint into the graph and `ens export` cannot save it."""
+        self.tower.set_grad_checkpointing(enable)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:
@@ -155,11 +160,11 @@ def build_open_clip(cfg: BackboneCfg, load_weights: bool = True, device: str | N
         out_dim = tower.transformer.width
     else:
         out_dim = tower.output_dim
-    if cfg.grad_checkpointing:
-        tower.set_grad_checkpointing(True)
     pp = tower.preprocess_cfg
-    return Backbone(tower, "open_clip", out_dim, _size_of(tower.image_size),
-                    cfg.mean or pp["mean"], cfg.std or pp["std"], cfg.freeze_bn)
+    backbone = Backbone(tower, "open_clip", out_dim, _size_of(tower.image_size),
+                        cfg.mean or pp["mean"], cfg.std or pp["std"], cfg.freeze_bn)
+    backbone.set_grad_checkpointing(cfg.grad_checkpointing)
+    return backbone
 
 
 def _weights_overlay(path: str, arch: str) -> dict:
@@ -209,12 +214,11 @@ def build_timm(cfg: BackboneCfg, load_weights: bool = True, device: str | None =
     except (RuntimeError, OSError, ValueError) as exc:
         raise EnsError(f"backbone.pretrained: cannot build {cfg.arch} with {cfg.pretrained!r}: "
                        f"{str(exc).splitlines()[0][:300]}") from None
-    if cfg.grad_checkpointing:
-        tower.set_grad_checkpointing(True)
     pcfg = tower.pretrained_cfg
     size = cfg.image_size or _size_of(pcfg.get("input_size", (3, 224, 224))[1:])
     backbone = Backbone(tower, "timm", tower.num_features, size, cfg.mean or pcfg["mean"], cfg.std or pcfg["std"],
                         cfg.freeze_bn, cfg.gem_p)
+    backbone.set_grad_checkpointing(cfg.grad_checkpointing)
     if cfg.gem_p is not None:
         backbone.check_gem("backbone.gem_p", cfg.arch)
     return backbone

@@ -89,6 +89,7 @@ def load_model_file(path: str | Path, kind: str = "member_model") -> ModelFile:
         model.load_state_dict(payload.pop("model"))
     except RuntimeError as exc:
         raise EnsError(f"{path}: weights do not fit {cfg.backbone.arch} ({str(exc).splitlines()[0][:200]})") from None
+    model.backbone.set_grad_checkpointing(False)  # a loaded file embeds or exports; it never trains
     # files from before the `preprocess` record carry the same facts in `describe`
     record = payload.get("preprocess") or payload["describe"]
     model.backbone.mean, model.backbone.std = tuple(record["mean"]), tuple(record["std"])

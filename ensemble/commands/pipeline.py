@@ -15,7 +15,7 @@ import torch
 from ..atomic import atomic_write_json, atomic_write_text
 from ..budget import measure_img_per_s, model_branches, time_module
 from ..config.load import load_member_cfg, load_student_cfg, read_yaml, validate
-from ..config.schema import PipelineCfg
+from ..config.schema import MemberCfg, PipelineCfg
 from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
 from ..errors import EnsError
@@ -25,7 +25,7 @@ from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
 from ..progress import announce, step
-from ..train.member import train_member
+from ..train.member import evaluate_untrained, train_member
 from ..train.student import distill
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
@@ -76,13 +76,11 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
         raise EnsError(f"{cfg.ensemble}: members {missing} are not trained by this pipeline's `members`")
     student = load_student_cfg(cfg.student) if cfg.student is not None else None
     steps = Steps(len(members) + 2 + (student is not None) * (1 + cfg.export))
-    results = []
-    for i, member in enumerate(members):
-        # every member is scored below with the others; its own eval is kept for the first member only,
-        # for the untrained-backbone row (eval keys are not in the recipe key)
-        member.eval.enabled = member.eval.enabled and i == 0
+    baseline = members[0] if members[0].eval.enabled else None  # its untrained backbone: the first row
+    for member in members:
+        member.eval.enabled = False  # every member is scored below with the others
         with steps.next(f"member {member.name}"):
-            results.append(train_member(member, ws))
+            train_member(member, ws)
     with steps.next(f"ensemble {ens_cfg.name}"):
         ensemble = fuse_or_reuse(ens_cfg, ws)
     data = str(cfg.data or members[0].data)
@@ -99,7 +97,7 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
             with steps.next(f"export {student.name}"):
                 models.append((str(export_or_reuse(student.name, ws)), None))
     with steps.next(f"evaluate {len(models)} models"):
-        rows, reports = _evaluate_all(cfg, ws, data, models, ensemble, student, results[0])
+        rows, reports = _evaluate_all(cfg, ws, data, models, ensemble, student, baseline)
     summary = {"pipeline": cfg.name, "data": data, "rows": rows}
     out = ws.reports_dir / f"pipeline_{cfg.name}.json"
     atomic_write_json(out, summary)
@@ -123,13 +121,13 @@ class Steps:
 
 
 def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ensemble: ResolvedModel,
-                  student, first_member: dict) -> tuple[list[dict], list[dict]]:
-    """(rows, reports): one row per model, the first member's untrained backbone first, each with its
-    cost; the models' eval reports."""
+                  student, baseline: MemberCfg | None) -> tuple[list[dict], list[dict]]:
+    """(rows, reports): one row per model, the `baseline` member's untrained backbone first, each with
+    its cost; the models' eval reports."""
     rows, reports = [], []
-    untrained = first_member.get("untrained_backbone")
-    if untrained:
-        rows.append({"model": f"{first_member['name']}, untrained backbone", **_scores(untrained)})
+    if baseline is not None:
+        untrained = evaluate_untrained(baseline, ws.member_dir(baseline.name))
+        rows.append({"model": f"{baseline.name}, untrained backbone", **_scores(untrained)})
     resolved = {ensemble.name: ensemble}  # each model file is loaded (and hashed) once
     for spec, feats in models:
         if spec not in resolved:

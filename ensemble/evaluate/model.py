@@ -39,7 +39,19 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
 
 def eval_key(cfg: MemberCfg, model_path: Path) -> dict:
     """What an eval result depends on: eval settings, the query/index manifests, the model file."""
+    return {**_eval_inputs(cfg, cfg.eval.model_dump(mode="json")), "model_sha1": file_sha1(model_path)}
+
+
+def untrained_key(cfg: MemberCfg) -> dict:
+    """What the untrained backbone's score depends on: eval settings (whether eval is on aside), the
+    manifests, the backbone config and its weights file."""
+    weights = cfg.backbone.pretrained
+    sha1 = file_sha1(weights) if weights and Path(weights).is_file() else None
+    return {**_eval_inputs(cfg, cfg.eval.model_dump(mode="json", exclude={"enabled"})),
+            "backbone": cfg.backbone.model_dump(mode="json"), "weights_sha1": sha1}
+
+
+def _eval_inputs(cfg: MemberCfg, settings: dict) -> dict:
     data = load_data_cfg(cfg.data)
     manifests = {k: read_manifest(getattr(data, k)).sha1 if getattr(data, k) else None for k in ("query", "index")}
-    return {"eval": cfg.eval.model_dump(mode="json"), "data": str(cfg.data), **manifests,
-            "model_sha1": file_sha1(model_path)}
+    return {"eval": settings, "data": str(cfg.data), **manifests}

@@ -11,7 +11,7 @@ import torch
 from ..config.schema import MemberCfg
 from ..data.sampler import ClassBalancedSampler, class_domains
 from ..distributed import world
-from ..evaluate.model import eval_key, evaluate_model
+from ..evaluate.model import eval_key, evaluate_model, untrained_key
 from ..losses.margin import build_head
 from ..models.member import build_member_model, pool_as_embedded
 from ..tasks.classify import ClassifyTask
@@ -70,8 +70,19 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
         result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size,
                   "train_images_unreadable": len(file.failed_images),
                   "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
-        baseline = pool_as_embedded(build_member_model(cfg), cfg)  # the same backbone, untrained, pooled alike
-        result["untrained_backbone"] = evaluate_model(baseline, cfg)["backbone"]
+        result["untrained_backbone"] = evaluate_untrained(cfg, run_dir)
         return result
 
     return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)
+
+
+def evaluate_untrained(cfg: MemberCfg, run_dir: Path) -> dict:
+    """The recipe's backbone before training, pooled as the trained member embeds, scored with the
+    member's eval settings (kept in untrained.json while those, the manifests and the weights are
+    unchanged)."""
+
+    def compute() -> dict:
+        baseline = pool_as_embedded(build_member_model(cfg), cfg)
+        return {"backbone": evaluate_model(baseline, cfg)["backbone"]}
+
+    return cached_result(run_dir / "untrained.json", untrained_key(cfg), compute)["backbone"]

@@ -54,9 +54,14 @@ def test_pipeline_runs_every_step_and_a_rerun_reuses_them(tmp_path, coil_data):
              "[6/6] evaluate 5 models"]
     assert all(line in result.stderr for line in steps)  # each step announced, in order
     assert [result.stderr.index(line) for line in steps] == sorted(result.stderr.index(line) for line in steps)
+    # the first member is embedded once for its row (no second, trained eval pass in its member step);
+    # its untrained backbone is scored once and kept for reruns
+    assert not (runs / "members/pa/eval.json").exists()
+    untrained = json.loads((runs / "members/pa/untrained.json").read_text())["backbone"]
+    assert summary["rows"][0]["mP@5"] == untrained["mP@5"] and untrained["queries"] > 0
     stamps = {p: p.stat().st_mtime_ns for p in [runs / "members/pa/best.pt", runs / "members/pb/best.pt",
                                                 runs / "ensemble/ens/reducer.npz", runs / "students/ps/best.pt",
-                                                runs / "exports/ps.pt"]}
+                                                runs / "exports/ps.pt", runs / "members/pa/untrained.json"]}
     again = run_pipeline(load_pipeline_cfg(pipe), runs)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained, refitted or re-exported
     assert [r["mP@5"] for r in again["rows"]] == [r["mP@5"] for r in summary["rows"]]

@@ -11,7 +11,7 @@ from ensemble.errors import EnsError
 from ensemble.train.data import train_data
 from ensemble.train.loop import Trainer
 from ensemble.train import member as member_mod
-from ensemble.train.member import build_member_task, train_member
+from ensemble.train.member import build_member_task, evaluate_untrained, train_member
 from ensemble.workspace import Workspace, load_model_file
 from tests.conftest import tiny_recipe
 
@@ -21,7 +21,7 @@ def test_train_member_writes_self_describing_artifacts(tmp_path, coil_data):
     result = train_member(cfg, tmp_path / "runs")
     run = tmp_path / "runs" / "members" / "tiny"
     files = {p.name for p in run.iterdir()}
-    assert files == {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "eval.json", ".lock"}
+    assert files == {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "eval.json", "untrained.json", ".lock"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [(0, 0), (1, 0), (1, 1)]
     assert set(records[0]["lr"]) == {"neck", "head"} and records[0]["images"] == 24
@@ -363,3 +363,15 @@ def test_eval_gem_p_reuses_the_trained_weights_and_pools_them_by_gem(tmp_path, c
         train_member(load_member_cfg(recipe, [*sets, "eval.gem_p=3"]), tmp_path / "runs")  # same name: refused
     with pytest.raises(EnsError, match="eval.gem_p pools a convolutional feature map: backbone.source timm only"):
         load_member_cfg(recipe, ["eval.gem_p=3"])  # the tiny recipe's open_clip ViT
+
+
+def test_untrained_score_is_kept_until_its_inputs_change(tmp_path, coil_data, monkeypatch):
+    cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data))
+    first = evaluate_untrained(cfg, tmp_path)
+    assert first["queries"] == 4 and (tmp_path / "untrained.json").is_file()
+    calls = []
+    monkeypatch.setattr(member_mod, "evaluate_model", lambda *a: calls.append(1) or {"backbone": {"mP@5": -1.0}})
+    cfg.eval.enabled = False  # whether training evaluates is not an input of the score (`ens pipeline` turns it off)
+    assert evaluate_untrained(cfg, tmp_path) == first and not calls
+    cfg.eval.flip_tta = not cfg.eval.flip_tta
+    assert evaluate_untrained(cfg, tmp_path) == {"mP@5": -1.0} and calls == [1]

@@ -17,8 +17,9 @@ class Resized(torch.nn.Module):
 
 
 def test_a_loaded_file_embeds_without_grad_checkpointing_so_it_exports(tmp_path):
-    # the ViT-H recipes train with grad_checkpointing; torch.utils.checkpoint in the graph made
-    # `ens export` fail in torch.jit.save on a GPU run (2026-12-04)
+    # the ViT-H recipes train with grad_checkpointing; under torch 2.11 torch.utils.checkpoint entered
+    # the traced graph and `ens export` failed in torch.jit.save (GPU run, 2026-12-04). Newer torch skips
+    # checkpointing under no_grad, so here the flag assertion is the one that fails on the old code.
     cfg = MemberCfg(name="gc", data="unused.yaml", backbone=BackboneCfg(arch=TINY_VIT, grad_checkpointing=True),
                     neck=NeckCfg(dims=[8]))
     model = build_member_model(cfg, load_weights=False)

@@ -70,7 +70,7 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
     x = torch.from_numpy(np.asarray(features[rows], np.float32) - start.mean)
     y = torch.from_numpy(targets[rows])
     proj = torch.nn.Parameter(torch.from_numpy(start.components.copy()))
-    head = label_head(x[y >= 0], y[y >= 0], proj, classes, cfg) if classes else None
+    head = label_head(*_labelled(x, y), proj, classes, cfg) if classes else None
     opt = torch.optim.AdamW([proj, *(head.parameters() if head else [])], lr=cfg.lr, weight_decay=cfg.weight_decay)
     mean = torch.from_numpy(np.asarray(start.mean, np.float32))
     for _ in tqdm(range(cfg.epochs), desc=label(f"learn projection-{start.out_dim} ({len(rows):,} rows)"),
@@ -78,10 +78,9 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
             projected = x[batch] @ proj.T
             loss = torch.zeros(())
-            named = y[batch] >= 0
-            if head is not None and bool(named.any()):
-                loss = loss + cfg.label_weight * F.cross_entropy(head(projected[named], y[batch][named]),
-                                                                 y[batch][named])
+            if head is not None and bool((y[batch] >= 0).any()):
+                named, targets_of_named = _labelled(projected, y[batch])
+                loss = loss + cfg.label_weight * F.cross_entropy(head(named, targets_of_named), targets_of_named)
             if cfg.neighbour_weight > 0:
                 loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
                                                                     cfg.neighbour_tau_teacher, cfg.neighbour_tau)
@@ -90,6 +89,15 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
             opt.step()
     return PCAReducer(start.mean, proj.detach().numpy().astype(np.float32), np.ones(start.out_dim),
                       start.total_variance, whiten=False)
+
+
+def _labelled(rows: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows with a label (y >= 0) and their labels. All labelled: the tensors themselves, not an
+    indexed copy, whose extra autograd node reorders the gradient sums and moves the fit in the last
+    bits (enough to move a student distilled from it)."""
+    if bool((y >= 0).all()):
+        return rows, y
+    return rows[y >= 0], y[y >= 0]
 
 
 def label_head(x: torch.Tensor, y: torch.Tensor, proj: torch.Tensor, classes: list[str],

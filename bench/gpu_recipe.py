@@ -155,7 +155,7 @@ def shown_line(step: dict) -> str:
 
 
 def table(r: dict) -> str:
-    options = "".join(f" --{k} {r[k]}" for k in ("member",) if r.get(k, "h14_280") != "h14_280")
+    options = f" --member {r['member']}" if r.get("member", "h14_280") != "h14_280" else ""
     options += f" --only '{','.join(r['only'])}'" if r.get("only") else ""
     lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json{options}` on {r['device']} "
              f"(torch {r['torch']}), "

@@ -3,7 +3,8 @@
 On a GPU machine, from the repository root (the package's dependencies installed; the data is the
 MIT grocery sample shipped in sample/, so nothing else has to travel):
     python bench/gpu_recipe.py --out gpu_recipe.json [--workdir /tmp/ens_gpu] [--deadline-s 420]
-    (--only 'train-member h14_224,export h14_224' --member h14_224 reruns some steps)
+    (--only 'train-member h14_224,export h14_224' --member h14_224 reruns some steps;
+     --fuse h14_224 makes the student's teacher from that member alone)
 Here, to store a result and update BENCHMARKS.md:
     python bench/gpu_recipe.py --record gpu_recipe.json
 
@@ -44,18 +45,23 @@ def member_sets(steps: int, workers: int) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def plan(work: Path, steps: int, workers: int, member: str = "h14_280") -> list[tuple[str, list[str]]]:
-    """(step name, `ens` arguments) in the order a user runs them; `member` is the one exported and scored."""
+FUSED = ("h14_224", "h14_280")
+
+
+def plan(work: Path, steps: int, workers: int, member: str = "h14_280",
+         fused: tuple[str, ...] = FUSED) -> list[tuple[str, list[str]]]:
+    """(step name, `ens` arguments) in the order a user runs them; `member` is the one exported and scored,
+    `fused` the members the student's teacher ensemble fuses."""
     sets = member_sets(steps, workers)
     return [
         ("train-member h14_224", ["train-member", "--cfg", "members/h14_224.yaml", *sets]),
         ("train-member h14_280", ["train-member", "--cfg", "members/h14_280.yaml", *sets]),
         (f"export {member} (TorchScript)", ["export", member, "--out", str(work / f"{member}.pt")]),
         (f"eval {member}.pt", ["eval", str(work / f"{member}.pt"), "--data", str(DATA), "--workers", str(workers)]),
-        ("fuse h14_224 + h14_280, PCA-64", ["fuse", "--config", "configs/ensemble/guie.yaml", "--members",
-                                             "h14_224,h14_280", "--name", "guie_2m", "--fit-on", "train",
-                                             "--set", f"workers={workers}"]),
-        ("distill h14_student", ["distill", "--cfg", "distill/h14_student.yaml", *sets, "--set", "teacher=guie_2m"]),
+        (f"fuse {' + '.join(fused)}, PCA-64", ["fuse", "--config", "configs/ensemble/guie.yaml", "--members",
+                                               ",".join(fused), "--name", "guie_fused", "--fit-on", "train",
+                                               "--set", f"workers={workers}"]),
+        ("distill h14_student", ["distill", "--cfg", "distill/h14_student.yaml", *sets, "--set", "teacher=guie_fused"]),
         ("export h14_student (TorchScript)", ["export", "student:h14_student", "--out", str(work / "h14_student.pt")]),
         ("eval h14_student.pt", ["eval", str(work / "h14_student.pt"), "--data", str(DATA),
                                  "--workers", str(workers)]),
@@ -117,16 +123,16 @@ def run_facts(run_dir: Path) -> dict:
 
 
 def measure(work: Path, steps: int, workers: int, deadline_s: float, out: Path, member: str = "h14_280",
-            only: list[str] | None = None) -> dict:
+            only: list[str] | None = None, fused: tuple[str, ...] = FUSED) -> dict:
     import torch
 
     work.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result = {"date": str(date.today()), "device": device, "torch": torch.__version__,
               "steps_per_epoch": steps, "workers": workers, "deadline_s": deadline_s, "member": member,
-              "only": only, "steps": []}
+              "only": only, "fused": list(fused), "steps": []}
     started = time.perf_counter()
-    for name, args in plan(work, steps, workers, member):
+    for name, args in plan(work, steps, workers, member, fused):
         if only and not any(name.startswith(prefix) for prefix in only):
             continue
         left = deadline_s - (time.perf_counter() - started)
@@ -157,6 +163,7 @@ def shown_line(step: dict) -> str:
 def table(r: dict) -> str:
     options = f" --member {r['member']}" if r.get("member", "h14_280") != "h14_280" else ""
     options += f" --only '{','.join(r['only'])}'" if r.get("only") else ""
+    options += f" --fuse {','.join(r['fused'])}" if tuple(r.get("fused", FUSED)) != FUSED else ""
     lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json{options}` on {r['device']} "
              f"(torch {r['torch']}), "
              f"{r['date']}, one run; shipped recipes, ViT-H-14 random weights, grocery sample, "
@@ -184,21 +191,25 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=420, help="skip the steps that would start after this")
     parser.add_argument("--member", default="h14_280", help="the member exported and scored as a file")
     parser.add_argument("--only", help="comma-separated step-name prefixes to run (default: all)")
+    parser.add_argument("--fuse", default=",".join(FUSED), help="the members fused into the student's teacher")
     parser.add_argument("--record", help="a JSON written by --out: store it and update BENCHMARKS.md")
+    parser.add_argument("--record-as", help="store a rerun as bench/results/gpu_recipe_<this>.json and its own "
+                                            "section (default: 'partial' for a run with --only)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     if args.out:
         only = [x.strip() for x in args.only.split(",")] if args.only else None
         result = measure(Path(args.workdir), args.steps, args.workers, args.deadline_s, Path(args.out),
-                         args.member, only)
+                         args.member, only, tuple(args.fuse.split(",")))
         print(table(result))
     if args.record:
         from update_benchmarks import record
 
         result = json.loads(Path(args.record).read_text())
         name, title = "gpu_recipe", "GPU: the real recipes' code path (ViT-H-14, bf16)"
-        if result.get("only"):  # a rerun of some steps keeps the full run's table beside it
-            name, title = "gpu_recipe_partial", title + ", steps rerun"
+        if result.get("only") or args.record_as:  # a rerun of some steps keeps the full run's table beside it
+            suffix = args.record_as or "partial"
+            name, title = f"gpu_recipe_{suffix}", title + (f", {suffix}" if args.record_as else ", steps rerun")
         record(name, result, title, table(result))
         print(table(result))
 

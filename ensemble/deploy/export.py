@@ -28,7 +28,7 @@ from ..hashing import file_sha1
 from ..progress import announce
 from ..workspace.layout import MODEL_FILE, Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
-from .onnx import OnnxRunner, to_onnx_bytes, with_onnx_meta
+from .onnx import OnnxRunner, refuse_oversized, to_onnx_bytes, with_onnx_meta
 from .torchscript import FORMAT, jit_load, serialize, to_uint8_tensor, trace
 
 MIN_COSINE = 0.999
@@ -115,6 +115,8 @@ def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, s
     fmt = output_format(out, fmt)
     model = resolve_model(spec, workdir, device=torch.device("cpu"))
     desc = describe(model, fmt)
+    if fmt == "onnx":
+        refuse_oversized(model.graph(), model.name)
     started = time.perf_counter()
     paths = verify_sample(desc["data"], sample, verify_manifest)
     reference = reference_embeddings(model, paths)

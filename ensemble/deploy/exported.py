@@ -35,22 +35,28 @@ def read_meta(path: str | Path) -> dict:
     return read_onnx_meta(path) if export_format(path) == "onnx" else read_export_meta(path)
 
 
-def load_runner(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 [B,3,H,W] -> float32 [B,D], running the file itself (torch.jit or onnxruntime)."""
-    return OnnxRunner(path) if export_format(path) == "onnx" else jit_load(path)
+def load_runner(path: str | Path, device: torch.device | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 [B,3,H,W] -> float32 [B,D] on the CPU, running the file itself: torch.jit on `device`
+    (default CPU), or onnxruntime on the CPU."""
+    if export_format(path) == "onnx":
+        return OnnxRunner(path)
+    device = device or torch.device("cpu")
+    module = jit_load(path, device)
+    return lambda images: module(images.to(device)).cpu()
 
 
-def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None, workers: int = 2) -> np.ndarray:
-    """Embed every manifest row with an exported file, each image fed whole at its own size
-    (cached under `cache_dir` by file and manifest hash, unless it is None). Unreadable images give
-    zero rows."""
+def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None, workers: int = 2,
+                   device: torch.device | None = None) -> np.ndarray:
+    """Embed every manifest row with an exported file (a TorchScript file on `device`, default CPU),
+    each image fed whole at its own size (cached under `cache_dir` by file and manifest hash, unless
+    it is None). Unreadable images give zero rows."""
     path = Path(path)
     key = hashlib.sha1(f"{file_sha1(path)}|{manifest.sha1}".encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"export-{path.name}" / f"{key}.npy" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         return np.load(cache)
     dim = read_meta(path)["output_dim"]
-    run = load_runner(path)
+    run = load_runner(path, device)
     dataset = ImageDataset(manifest.paths, [0] * len(manifest), to_uint8_tensor)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skip,
                                          worker_init_fn=limit_worker_threads)

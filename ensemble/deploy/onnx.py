@@ -24,6 +24,15 @@ OPSET = 18  # Resize with antialias
 MAX_PROTO_BYTES = 2_000_000_000  # protobuf's limit for one self-contained file
 
 
+def refuse_oversized(module: nn.Module, name: str) -> None:
+    """Refuse before tracing a model whose weights alone pass protobuf's 2 GB (fp32 ViT-H-14: 2.5 GB):
+    the export would run for minutes and then fail to save."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    if weight_bytes > MAX_PROTO_BYTES:
+        raise EnsError(f"ONNX: {name}'s weights are {weight_bytes / 1e9:.1f} GB, above protobuf's 2 GB limit "
+                       "for one self-contained file; export it as TorchScript (.pt) instead")
+
+
 def to_onnx_bytes(module: nn.Module) -> bytes:
     """Export `module` (uint8 images -> embeddings) with dynamic batch, height and width."""
 

@@ -70,10 +70,11 @@ def serialize(scripted: torch.jit.ScriptModule, meta: dict) -> bytes:
     return buffer.getvalue()
 
 
-def jit_load(path, **kwargs):
-    """torch.jit.load (a path or file-like) without its deprecation notice (TorchScript is the contract)."""
+def jit_load(path, device: torch.device | str = "cpu", **kwargs):
+    """torch.jit.load (a path or file-like) onto `device`, without its deprecation notice (TorchScript
+    is the contract)."""
     with _quiet():
-        return torch.jit.load(path if hasattr(path, "read") else str(path), map_location="cpu", **kwargs)
+        return torch.jit.load(path if hasattr(path, "read") else str(path), map_location=device, **kwargs)
 
 
 def decoded_tensor(path: str) -> torch.Tensor:

@@ -93,7 +93,8 @@ class ResolvedModel:
         """The model's embedding of every manifest row (part features cached in the workspace unless
         cache=False; sharded across ranks in a multi-process run)."""
         if self.exported is not None:
-            return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers)
+            return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers,
+                                  device or pick_device("auto"))
         return self.combine(self.part_features(manifest, ws, tta, workers, batch_size, device, cache))
 
     def part_features(self, manifest: Manifest, ws: Workspace, tta: TTA | None = None, workers: int = 2,

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from ensemble.deploy.export import export
 from ensemble.deploy.torchscript import decoded_tensor, jit_load
 from ensemble.errors import EnsError
 from ensemble.workspace import Workspace, resolve_model
+
+ROOT_DATA = Path(__file__).resolve().parents[2] / "sample" / "grocery"
 
 # runs in a fresh interpreter where `import ensemble` fails: the file must need torch only
 CONTRACT = r"""
@@ -251,3 +254,53 @@ def test_export_format_and_file_name_must_agree(distilled_workspace, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(EnsError, match="junk.onnx: not an ONNX file"):
         resolve_model(str(tmp_path / "junk.onnx"), distilled_workspace)
+
+
+def test_onnx_refuses_weights_above_protobufs_limit_before_tracing(distilled_workspace, tmp_path, monkeypatch):
+    from ensemble.deploy import onnx as onnx_mod
+
+    model = resolve_model("student:stu", distilled_workspace)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.graph().parameters())
+    monkeypatch.setattr(onnx_mod, "MAX_PROTO_BYTES", weight_bytes - 1)  # stands in for fp32 ViT-H-14's 2.5 GB
+
+    def traced(*args, **kwargs):
+        raise AssertionError("traced a model whose weights were already over the limit")
+
+    monkeypatch.setattr(export_mod, "to_onnx_bytes", traced)
+    refusal = r"ONNX: student:stu's weights are 0\.0 GB, above protobuf's 2 GB limit .* TorchScript"
+    with pytest.raises(EnsError, match=refusal):
+        export("student:stu", distilled_workspace, tmp_path / "big.onnx", sample=4)
+    assert not (tmp_path / "big.onnx").exists()
+    monkeypatch.setattr(onnx_mod, "MAX_PROTO_BYTES", weight_bytes + 10**6)  # under the limit: the trace runs
+    with pytest.raises(AssertionError, match="traced a model"):
+        export("student:stu", distilled_workspace, tmp_path / "big.onnx", sample=4)
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(scope="module")
+def sample_member(tmp_path_factory):
+    """A tiny member trained one epoch on the grocery sample shipped in sample/ (no ../shared needed)."""
+    from ensemble.config.load import load_member_cfg
+    from ensemble.train.member import train_member
+    from tests.conftest import ROOT, tiny_recipe
+
+    folder = tmp_path_factory.mktemp("sample_ws")
+    recipe = tiny_recipe(folder, ROOT / "configs" / "data" / "sample.yaml", name="grocery_vit")
+    train_member(load_member_cfg(recipe, ["stages=[{train: [all], epochs: 1}]", "eval.enabled=false"]),
+                 folder / "runs")
+    return folder / "runs"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_exported_file_embeds_on_every_device_as_the_package_does(sample_member, tmp_path, device):
+    ws = Workspace(sample_member)
+    out = tmp_path / "grocery_vit.pt"
+    export("grocery_vit", ws, out, sample=4)
+    query = read_manifest(ROOT_DATA / "query.csv")
+    from_file = resolve_model(str(out), ws).embed(query, ws, workers=0, device=torch.device(device), cache=False)
+    cpu = torch.device("cpu")
+    from_package = resolve_model("grocery_vit", ws, device=cpu).embed(query, ws, workers=0, device=cpu, cache=False)
+    assert from_file.shape == (len(query), 8) and from_file.dtype == np.float32
+    assert np.sum(from_file * from_package, axis=1).min() > 0.999

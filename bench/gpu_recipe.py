@@ -12,6 +12,7 @@ Each step is one `ens` command as a user types it, with the shipped recipe and o
 overridden: the data (the grocery sample), backbone.pretrained (null: no ViT weights offline),
 optim.max_steps_per_epoch and the loader's workers. Steps: train members/h14_224.yaml (six
 alternating stages), members/h14_280.yaml (init_from h14_224, positional embedding resampled),
+members/l14_336_s0.yaml (ViT-L-14-336-quickgelu, sub-centre ArcFace with adaptive margins),
 export h14_280 as TorchScript and score that file, fuse both members (flip TTA, merged per
 architecture, PCA-64 fitted on the train images), distill distill/h14_student.yaml from that
 ensemble, export and score the student, then try the student as ONNX (expected: the clear refusal
@@ -56,6 +57,7 @@ def plan(work: Path, steps: int, workers: int, member: str = "h14_280",
     return [
         ("train-member h14_224", ["train-member", "--cfg", "members/h14_224.yaml", *sets]),
         ("train-member h14_280", ["train-member", "--cfg", "members/h14_280.yaml", *sets]),
+        ("train-member l14_336_s0", ["train-member", "--cfg", "members/l14_336_s0.yaml", *sets]),
         (f"export {member} (TorchScript)", ["export", member, "--out", str(work / f"{member}.pt")]),
         (f"eval {member}.pt", ["eval", str(work / f"{member}.pt"), "--data", str(DATA), "--workers", str(workers)]),
         (f"fuse {' + '.join(fused)}, PCA-64", ["fuse", "--config", "configs/ensemble/guie.yaml", "--members",
@@ -166,7 +168,7 @@ def table(r: dict) -> str:
     options += f" --fuse {','.join(r['fused'])}" if tuple(r.get("fused", FUSED)) != FUSED else ""
     lines = [f"Command: `python bench/gpu_recipe.py --out gpu_recipe.json{options}` on {r['device']} "
              f"(torch {r['torch']}), "
-             f"{r['date']}, one run; shipped recipes, ViT-H-14 random weights, grocery sample, "
+             f"{r['date']}, one run; shipped recipes, random ViT weights (pretrained: null), grocery sample, "
              f"optim.max_steps_per_epoch={r['steps_per_epoch']}, {r['workers']} loader workers.", "",
              "| step | exit | wall s | output (last line; stderr's where it failed) |", "|---|---|---|---|"]
     for s in r["steps"]:
@@ -208,8 +210,9 @@ def main() -> None:
         result = json.loads(Path(args.record).read_text())
         name, title = "gpu_recipe", "GPU: the real recipes' code path (ViT-H-14, bf16)"
         if result.get("only") or args.record_as:  # a rerun of some steps keeps the full run's table beside it
-            suffix = args.record_as or "partial"
-            name, title = f"gpu_recipe_{suffix}", title + (f", {suffix}" if args.record_as else ", steps rerun")
+            name = f"gpu_recipe_{args.record_as or 'partial'}"
+            title = f"GPU: the real recipes' code path (bf16), {args.record_as} steps" if args.record_as \
+                else title + ", steps rerun"
         record(name, result, title, table(result))
         print(table(result))
 

@@ -57,7 +57,7 @@ def pipeline_vs_bare(emb, paths, device: torch.device, workers: tuple[int, ...] 
     def bare():
         with torch.inference_mode():
             for i in range(0, len(tensors), batch):
-                emb.fn(tensors[i:i + batch])
+                emb(tensors[i:i + batch])
         _sync(device)
 
     variants = {"bare": bare}

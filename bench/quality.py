@@ -72,11 +72,11 @@ def cost(embedders, flip: bool = True, batch: int = 32) -> tuple[float, float]:
     for emb in embedders:
         x = torch.randn(1, 3, emb.size_px, emb.size_px).contiguous(memory_format=torch.channels_last)
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            emb.fn(x)
+            emb(x)
         flops += views * counter.get_total_flops()
         xb = torch.randn(batch, 3, emb.size_px, emb.size_px).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            seconds += views * median_seconds(lambda: emb.fn(xb)) / batch
+            seconds += views * median_seconds(lambda: emb(xb)) / batch
     return flops / 1e9, seconds * 1000
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def describe(model: ResolvedModel, fmt: str) -> dict:
             "output_dim": int(out_dim),
             "flip_tta": model.tta.flip, "feature_power": model.head.power if model.head is not None else 1.0,
             "input": "uint8 [B,3,H,W] RGB, any H and W",
-            "output": f"float32 [B,{out_dim}] L2-normalised",
+            "output": f"float32 [B,{out_dim}] L2-normalised", "compute_dtype": "float32",
             "resize": "bilinear, antialiased, to each member's square size",
             "members": [{"name": p.embedder.name, "arch": p.embedder.arch, "image_size": p.embedder.size_px,
                          "mean": list(p.embedder.mean), "std": list(p.embedder.std), "features": p.features,
@@ -51,8 +52,10 @@ def describe(model: ResolvedModel, fmt: str) -> dict:
 
 
 def reference_embeddings(model: ResolvedModel, paths: list[str]) -> np.ndarray:
-    """What `ens eval` computes for `paths`: JPEG draft decoding, batched, the model's TTA."""
-    feats = extract_many(model.embedders, paths, torch.device("cpu"), model.tta, workers=0, desc="export check")
+    """What `ens eval` computes for `paths`: JPEG draft decoding, batched, the model's TTA; in fp32, as
+    the file computes (a recipe's eval.precision is the package's speed setting, not the file's)."""
+    embedders = [replace(e, autocast=None) for e in model.embedders]
+    feats = extract_many(embedders, paths, torch.device("cpu"), model.tta, workers=0, desc="export check")
     return model.combine(feats)
 
 

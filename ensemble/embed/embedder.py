@@ -6,17 +6,20 @@ from functools import partial
 
 import torch
 
+from ..device import autocast_dtype
 from ..errors import EnsError
 from ..models.member import FEATURES, EmbeddingModel
 from .extract import Embedder
 
 
 def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, features: str, device: torch.device,
-                   size_px: int | None = None, channels_last: bool = False, normalize: bool = True) -> Embedder:
-    """An Embedder running `model.embed(x, features)` on `device`, at `size_px` (default: training size).
+                   size_px: int | None = None, channels_last: bool = False, normalize: bool = True,
+                   precision: str = "fp32") -> Embedder:
+    """An Embedder running `model.embed(x, features)` on `device`, at `size_px` (default: training size),
+    under `precision`'s autocast (the recipe's eval.precision).
 
-    key: identity for caches (the model file's sha1); normalize=False gives raw features (e.g. to fit a
-    layer on them).
+    key: identity for caches (the model file's sha1; other than fp32, the precision is part of it);
+    normalize=False gives raw features (e.g. to fit a layer on them).
     """
     if features not in FEATURES:
         raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
@@ -27,6 +30,7 @@ def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, featur
     model = model.to(device, memory_format=fmt).eval()
     dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}
     out_dim = dims["neck"] + dims["backbone"] if features == "both" else dims[features]
-    return Embedder(name, f"{key}:{features}", arch, size_px or model.backbone.image_size, model.backbone.mean,
+    key = f"{key}:{features}" + ("" if precision == "fp32" else f":{precision}")
+    return Embedder(name, key, arch, size_px or model.backbone.image_size, model.backbone.mean,
                     model.backbone.std, out_dim, partial(model.embed, features=features, normalize=normalize),
-                    channels_last)
+                    channels_last, autocast_dtype(device, precision))

@@ -36,6 +36,13 @@ class Embedder:
     out_dim: int
     fn: Callable[[torch.Tensor], torch.Tensor]
     channels_last: bool = False
+    autocast: torch.dtype | None = None  # None: fp32
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of a preprocessed batch, in float32 (computed under the embedder's autocast)."""
+        with torch.autocast(images.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            return self.fn(images).float()
 
     def views(self, sizes: list[int] | None = None) -> list[tuple]:
         """Preprocessing specs this model needs: its size plus any extra TTA sizes."""
@@ -77,9 +84,9 @@ def _run_views(emb: Embedder, views: list[torch.Tensor], tta: TTA, blocks, norma
     total = None
     for images in views:
         images = images.contiguous(memory_format=memory_format(emb.channels_last))
-        feats = norm(emb.fn(images).float())
+        feats = norm(emb(images))
         if tta.flip:
-            feats = feats + norm(emb.fn(images.flip(-1)).float())
+            feats = feats + norm(emb(images.flip(-1)))
         total = feats if total is None else total + feats
     return norm(total)
 

@@ -27,7 +27,7 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
     query, index = read_manifest(data.query), read_manifest(data.index)
     device = pick_device(cfg.device)
     emb = model_embedder(model, cfg.name, "eval", cfg.backbone.arch, "both", device, cfg.eval.image_size,
-                         cfg.backbone.channels_last)
+                         cfg.backbone.channels_last, precision=cfg.eval.precision)
     blocks = {emb.name: [model.out_dim, model.backbone.out_dim]}
     q, i = (extract_many([emb], m.paths, device, TTA(flip=cfg.eval.flip_tta), cfg.eval.batch_size,
                          cfg.loader.workers, cfg.loader.max_fail_ratio, f"embed {name}", blocks)[0]

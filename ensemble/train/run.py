@@ -55,16 +55,20 @@ class TrainJob:
         return self.run_dir / MODEL_FILE
 
 
+EMBEDS_WITH = {"gem_p": None, "precision": "fp32"}  # eval keys the model file fixes for every consumer (default)
+
+
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it, or if it embeds
-    with another `eval.gem_p`: the model file keeps the pooling every consumer uses)."""
+    with another `eval.gem_p` or `eval.precision`: the model file keeps what every consumer uses)."""
     payload = check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key)
     if payload is None:
         return False
-    saved = payload["config"]["eval"].get("gem_p")
-    if saved != job.cfg.eval.gem_p:
-        raise EnsError(f"{job.kind} {job.cfg.name}: its model file embeds with eval.gem_p {saved}, the recipe asks "
-                       f"for {job.cfg.eval.gem_p}; use another name (--set name=...) to derive that copy in seconds")
+    for key, default in EMBEDS_WITH.items():
+        saved, asked = payload["config"]["eval"].get(key, default), getattr(job.cfg.eval, key)
+        if saved != asked:
+            raise EnsError(f"{job.kind} {job.cfg.name}: its model file embeds with eval.{key} {saved}, the recipe "
+                           f"asks for {asked}; use another name (--set name=...) to derive that copy in seconds")
     log.info("%s %s is already trained; reusing %s", job.kind, job.cfg.name, job.model_path)
     return True
 

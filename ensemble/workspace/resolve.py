@@ -131,7 +131,7 @@ class ResolvedModel:
 
 def _part(file: ModelFile, name: str, features: str, device: torch.device) -> Part:
     emb = model_embedder(file.model, name, file.sha1, file.arch, features, device, size_px=file.cfg.eval.image_size,
-                         channels_last=file.cfg.backbone.channels_last)
+                         channels_last=file.cfg.backbone.channels_last, precision=file.cfg.eval.precision)
     return Part(file, features, emb)
 
 

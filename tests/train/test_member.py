@@ -361,6 +361,9 @@ def test_eval_gem_p_reuses_the_trained_weights_and_pools_them_by_gem(tmp_path, c
     with pytest.raises(EnsError, match="member avg: its model file embeds with eval.gem_p None, the recipe asks for "
                                        r"3.0; use another name \(--set name=...\) to derive that copy"):
         train_member(load_member_cfg(recipe, [*sets, "eval.gem_p=3"]), tmp_path / "runs")  # same name: refused
+    with pytest.raises(EnsError, match="member avg: its model file embeds with eval.precision fp32, the recipe asks "
+                                       "for bf16; use another name"):
+        train_member(load_member_cfg(recipe, [*sets, "eval.precision=bf16"]), tmp_path / "runs")
     with pytest.raises(EnsError, match="eval.gem_p pools a convolutional feature map: backbone.source timm only"):
         load_member_cfg(recipe, ["eval.gem_p=3"])  # the tiny recipe's open_clip ViT
 

@@ -16,9 +16,10 @@ members/l14_336_s0.yaml (ViT-L-14-336-quickgelu, sub-centre ArcFace with adaptiv
 export h14_280 as TorchScript and score that file, fuse both members (flip TTA, merged per
 architecture, PCA-64 fitted on the train images), distill distill/h14_student.yaml from that
 ensemble, export and score the student, then try the student as ONNX (expected: the clear refusal
-above protobuf's 2 GB). Records per step the wall time, exit code and last output lines, and from
-the run folders the per-epoch img/s, autocast dtype, peak GPU memory and checkpoint sizes. With
-random weights on 24 queries, the mP@5 values are smoke numbers, not quality claims.
+above protobuf's 2 GB), then export it in fp16 (`--dtype fp16`, the T4 deployment) and score that
+file. Records per step the wall time, exit code and last output lines, and from the run folders
+the per-epoch img/s, autocast dtype, peak GPU memory and checkpoint sizes. With random weights on
+24 queries, the mP@5 values are smoke numbers, not quality claims.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def plan(work: Path, steps: int, workers: int, member: str = "h14_280",
         ("eval h14_student.pt", ["eval", str(work / "h14_student.pt"), "--data", str(DATA),
                                  "--workers", str(workers)]),
         ("export h14_student (ONNX)", ["export", "student:h14_student", "--out", str(work / "h14_student.onnx")]),
+        ("export h14_student (TorchScript, fp16)", ["export", "student:h14_student", "--dtype", "fp16", "--out",
+                                                    str(work / "h14_student_fp16.pt")]),
+        ("eval h14_student_fp16.pt", ["eval", str(work / "h14_student_fp16.pt"), "--data", str(DATA),
+                                      "--workers", str(workers)]),
     ]
 
 

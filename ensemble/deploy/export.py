@@ -35,14 +35,17 @@ from .torchscript import FORMAT, jit_load, serialize, to_uint8_tensor, trace
 MIN_COSINE = 0.999
 
 
-def describe(model: ResolvedModel, fmt: str) -> dict:
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def describe(model: ResolvedModel, fmt: str, dtype: torch.dtype = torch.float32) -> dict:
     """The metadata stored inside the exported file (and beside it as .json)."""
     out_dim = model.out_dim
     return {"format": FORMAT, "file_format": fmt, "model": model.name, "kind": model.kind,
             "output_dim": int(out_dim),
             "flip_tta": model.tta.flip, "feature_power": model.head.power if model.head is not None else 1.0,
             "input": "uint8 [B,3,H,W] RGB, any H and W",
-            "output": f"float32 [B,{out_dim}] L2-normalised", "compute_dtype": "float32",
+            "output": f"float32 [B,{out_dim}] L2-normalised", "compute_dtype": str(dtype).removeprefix("torch."),
             "resize": "bilinear, antialiased, to each member's square size",
             "members": [{"name": p.embedder.name, "arch": p.embedder.arch, "image_size": p.embedder.size_px,
                          "mean": list(p.embedder.mean), "std": list(p.embedder.std), "features": p.features,
@@ -112,12 +115,19 @@ def output_format(out: Path, fmt: str | None) -> str:
 
 
 def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, sample: int = 16,
-           verify_manifest: str | None = None, fmt: str | None = None) -> dict:
-    """Trace MODEL into `out`, check it against the package's own embedding, write `out` and `out`.json."""
+           verify_manifest: str | None = None, fmt: str | None = None, dtype: str = "fp32") -> dict:
+    """Trace MODEL into `out`, check it against the package's own fp32 embedding, write `out` and
+    `out`.json. dtype fp16 / bf16: the members' weights and compute in half precision (half the file;
+    for GPUs where fp32 is slow, e.g. a T4), still checked at cosine 0.999."""
     out = Path(out)
     fmt = output_format(out, fmt)
+    if dtype not in DTYPES:
+        raise EnsError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    if fmt == "onnx" and dtype != "fp32":  # onnxruntime's CPU session crashed on the half-precision graph
+        raise EnsError(f"--dtype {dtype}: ONNX files are exported in fp32 only; write a .pt (TorchScript) file "
+                       "for half precision")
     model = resolve_model(spec, workdir, device=torch.device("cpu"))
-    desc = describe(model, fmt)
+    desc = describe(model, fmt, DTYPES[dtype])
     if fmt == "onnx":
         refuse_oversized(model.graph(), model.name)
     started = time.perf_counter()
@@ -128,7 +138,7 @@ def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, s
         graph = to_onnx_bytes(model.graph())
         runner = OnnxRunner(graph)
     else:
-        runner = scripted = trace(model.graph())
+        runner = scripted = trace(model.graph(DTYPES[dtype]))
     draft = draft_px(model.embedders, model.tta)  # what `ens eval` decodes JPEGs at for this model
     desc["verify"] = verify(runner, model.name, reference, paths, draft)
     desc["torch"] = torch.__version__

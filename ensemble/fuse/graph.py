@@ -69,15 +69,20 @@ class FusionHead(nn.Module):
 
 
 class MemberBranch(nn.Module):
-    """uint8 images -> one model's L2-normalised feature (neck or pooled backbone), flip-averaged."""
+    """uint8 images -> one model's L2-normalised feature (neck or pooled backbone), flip-averaged.
+    The model computes in its weights' dtype (`dtype`: float32, or half for a GPU deployment); resize,
+    normalisation and the feature come out in float32."""
 
-    def __init__(self, model: EmbeddingModel, features: str, size_px: int, mean, std, flip: bool):
+    def __init__(self, model: EmbeddingModel, features: str, size_px: int, mean, std, flip: bool,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.preprocess = Preprocess(size_px, mean, std)
-        self.model, self.features, self.flip = model, features, flip
+        self.model, self.features, self.flip, self.dtype = model, features, flip, dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
+        if self.dtype != torch.float32:
+            x = x.to(self.dtype)
         feats = self.model.embed(x, self.features)
         if self.flip:
             feats = F.normalize(feats + self.model.embed(x.flip(-1), self.features), dim=-1)

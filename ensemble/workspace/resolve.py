@@ -116,16 +116,17 @@ class ResolvedModel:
                 "reducer_sha1": (reducer or {}).get("sha1"), "tta": self.tta.describe(),
                 **power_identity(self.head.power if self.head is not None else 1.0)}
 
-    def graph(self) -> EmbeddingGraph:
+    def graph(self, dtype: torch.dtype = torch.float32) -> EmbeddingGraph:
         """The whole model as one torch module on CPU (uint8 images in, embeddings out): what export traces
         and budget times. It shares the parts' modules (no copy of ViT-sized weights): they move to the
-        CPU, and wherever the caller then moves the graph."""
+        CPU in `dtype` (the members' weights; fusion stays float32), and wherever the caller then moves
+        the graph."""
         if self.exported is not None:
             raise EnsError(f"MODEL {self.exported}: already an exported file")
         if self.tta.extra_sizes:
             raise EnsError(f"{self.name}: export supports flip TTA only, not extra sizes {list(self.tta.extra_sizes)}")
-        branches = [MemberBranch(p.file.model.cpu().float().eval(), p.features, p.embedder.size_px, p.embedder.mean,
-                                 p.embedder.std, self.tta.flip) for p in self.parts]
+        branches = [MemberBranch(p.file.model.cpu().to(dtype).eval(), p.features, p.embedder.size_px,
+                                 p.embedder.mean, p.embedder.std, self.tta.flip, dtype) for p in self.parts]
         return EmbeddingGraph(branches, self.head).eval()
 
 

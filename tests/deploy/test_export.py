@@ -329,3 +329,25 @@ def test_a_bf16_eval_member_embeds_under_autocast_and_exports_in_fp32(sample_mem
     assert desc["verify"]["min_cosine"] >= 0.999 and desc["compute_dtype"] == "float32"
     from_file = resolve_model(str(out), ws).embed(query, ws, workers=0, device=cpu, cache=False)
     assert np.sum(from_file * a, axis=1).min() > 0.999
+
+
+@pytest.mark.parametrize("spec, dtype", [("student:stu", "fp16"), ("ensemble:teach", "fp16"), ("student:stu", "bf16")])
+def test_a_half_precision_export_keeps_the_contract_at_half_the_size(distilled_workspace, tmp_path, spec, dtype):
+    full, half = tmp_path / "fp32.pt", tmp_path / f"{dtype}.pt"
+    export(spec, distilled_workspace, full, sample=4)
+    desc = export(spec, distilled_workspace, half, sample=4, dtype=dtype)
+    assert desc["compute_dtype"] == {"fp16": "float16", "bf16": "bfloat16"}[dtype]
+    assert desc["verify"]["min_cosine"] >= 0.999  # against the package's fp32 embedding
+    def weight_bytes(path):
+        return sum(p.numel() * p.element_size() for p in jit_load(path).parameters())
+
+    assert {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype] in {p.dtype for p in jit_load(half).parameters()}
+    assert weight_bytes(half) < 0.55 * weight_bytes(full)  # the members' weights halved (fusion stays fp32)
+    result = run_contract(half, tmp_path)  # a fresh process without the package: float32 out, unit norm
+    for key in ("1x1x1", "1x3000x200", "3x37x500"):
+        shape, out_dtype, norms, finite = result[key]
+        assert out_dtype == "torch.float32" and finite and np.allclose(norms, 1.0, atol=1e-3)
+    with pytest.raises(EnsError, match="--dtype fp8: expected one of fp32, fp16, bf16"):
+        export(spec, distilled_workspace, tmp_path / "x.pt", sample=4, dtype="fp8")
+    with pytest.raises(EnsError, match=r"--dtype fp16: ONNX files are exported in fp32 only; write a \.pt"):
+        export(spec, distilled_workspace, tmp_path / "x.onnx", sample=4, dtype="fp16")

@@ -4,11 +4,17 @@ and the effect of libjpeg's DCT-domain downscaling ("draft") on mP@5.
     .venv/bin/python bench/embed.py [--device cuda]   # needs runs/members/mnv1_grocery, mnv2_grocery
 
 Writes bench/results/embed.json and the "Embedding throughput" table of BENCHMARKS.md.
+
+A shipped recipe's model with random weights, on the grocery sample in sample/ (nothing else needed,
+so it runs on a GPU machine as it is), in fp32 and in the recipe's eval.precision:
+    python bench/embed.py --recipe members/h14_224.yaml --device cuda --out embed_recipe.json
+    python bench/embed.py --record embed_recipe.json   # here: store it and update BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -149,6 +155,61 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+SAMPLE = ROOT / "sample" / "grocery"
+RECIPE_TITLE = "Embedding throughput: a shipped recipe's model, fp32 vs its eval.precision"
+
+
+def recipe_embedders(recipe: str, device: torch.device) -> tuple[dict, dict]:
+    """The recipe's model with random weights (backbone.pretrained null), as extraction runs it:
+    one Embedder per precision (fp32 and the recipe's eval.precision)."""
+    from ensemble.config.load import load_member_cfg
+    from ensemble.embed.embedder import model_embedder
+    from ensemble.models.member import build_member_model
+
+    cfg = load_member_cfg(recipe, ["backbone.pretrained=null", f"data={ROOT / 'configs' / 'data' / 'sample.yaml'}"])
+    model = build_member_model(cfg)
+    model.backbone.set_grad_checkpointing(False)  # embedding only, as a loaded model file does
+    embedders = {p: model_embedder(model, f"{cfg.name}-{p}", "bench", cfg.backbone.arch, cfg.eval.features, device,
+                                   cfg.eval.image_size, cfg.backbone.channels_last, precision=p)
+                 for p in dict.fromkeys(["fp32", cfg.eval.precision])}
+    facts = {"recipe": recipe, "arch": f"{cfg.backbone.source}:{cfg.backbone.arch}",
+             "size_px": model.backbone.image_size, "features": cfg.eval.features, "batch": cfg.eval.batch_size}
+    return embedders, facts
+
+
+def sample_paths(images: int) -> list[str]:
+    """The grocery sample's images (sample/, MIT), repeated up to `images` paths."""
+    paths = [p for split in ("train", "query", "index") for p in read_manifest(SAMPLE / f"{split}.csv").paths]
+    return [paths[i % len(paths)] for i in range(images)]
+
+
+def measure_recipe(recipe: str, device: torch.device, images: int, workers: tuple[int, ...]) -> dict:
+    from update_benchmarks import machine
+
+    embedders, facts = recipe_embedders(recipe, device)
+    paths = sample_paths(images)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return {"command": "python bench/embed.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
+            "machine": machine(gpu), "torch": torch.__version__, **facts,
+            "precisions": {p: pipeline_vs_bare(emb, paths, device, workers, facts["batch"])
+                           for p, emb in embedders.items()}}
+
+
+def recipe_table(result: dict) -> str:
+    lines = [f"Command: `{result['command']}` — {result['date']}, {result['machine']} (torch {result['torch']}), "
+             f"one run; {result['recipe']} ({result['arch']}, {result['size_px']} px, {result['features']} "
+             f"feature, random weights), the grocery sample's JPEGs repeated to "
+             f"{result['precisions']['fp32']['images']} paths, batch {result['batch']}, no flip. One warm-up, "
+             "then rounds timing each variant in turn; medians.",
+             "", "| precision | variant | img/s | ratio to bare |", "|---|---|---|---|"]
+    for precision, t in result["precisions"].items():
+        for name, img_s in t["img_s"].items():
+            variant = "bare forward on decoded tensors" if name == "bare" else \
+                f"`ens` extraction, {name[8:]} loader worker(s)"
+            lines.append(f"| {precision} | {variant} | {img_s} | {t['ratio'].get(name, 1.0)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from update_benchmarks import machine, record
 
@@ -156,9 +217,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (the models and forward passes run there)")
     parser.add_argument("--images", type=int, default=512, help="index images timed per throughput variant")
     parser.add_argument("--draft-sizes", type=int, nargs="+", default=[224, 160])
+    parser.add_argument("--recipe", help="time this recipe's model (random weights) on the shipped sample instead")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader workers tried")
+    parser.add_argument("--out", help="with --recipe: write the result here (record it with --record)")
+    parser.add_argument("--record", help="a JSON written by --recipe --out: store it and update BENCHMARKS.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if args.record:
+        result = json.loads(Path(args.record).read_text())
+        record("embed_recipe", result, RECIPE_TITLE, recipe_table(result))
+        return print(recipe_table(result))
+    if args.recipe:
+        result = measure_recipe(args.recipe, device, args.images, tuple(args.workers))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+        return print(recipe_table(result))
     v1, v2 = (p.embedder for p in load_members(Workspace(WORKDIR), ["mnv1_grocery", "mnv2_grocery"], "backbone",
                                                 device))
     paths = list(read_manifest(GROCERY / "index.csv").paths)
@@ -166,7 +240,7 @@ def main() -> None:
     result = {"command": "python bench/embed.py " + " ".join(sys.argv[1:]), "date": str(date.today()),
               "machine": machine(gpu),
               "model": "mnv1_grocery (MobileNet-v1, 224 px, backbone feature, channels_last)",
-              "throughput": pipeline_vs_bare(v1, paths[:args.images], device),
+              "throughput": pipeline_vs_bare(v1, paths[:args.images], device, tuple(args.workers)),
               "decode": [decode_cost(paths[:300], s) for s in args.draft_sizes],
               "decodes_per_image_2_members_flip": decodes_per_image([v1, v2], paths[:128], device),
               "jpeg_draft": [draft_effect(v1, s, device) for s in args.draft_sizes]}

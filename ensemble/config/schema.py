@@ -171,8 +171,9 @@ class EvalCfg(Strict):
     # by GeM. Not part of the recipe key, so the same recipe with another eval.gem_p reuses the weights
     gem_p: float | None = Field(None, ge=1, le=16)
     # autocast dtype wherever the trained model embeds in the package (eval, embed, fuse, distillation
-    # targets, galleries): bf16 runs a ViT-H several times faster on a GPU than fp32 (falls back to
-    # fp16 on GPUs without bf16). Exported files compute in fp32; export checks them against fp32.
+    # targets, galleries): bf16 uses a GPU's tensor-core rate (its speed-up over fp32 not measured here
+    # yet; fp16 on GPUs without bf16; on a CPU without native bf16 it is slower). Exported files compute
+    # in fp32 (or `ens export --dtype`); export checks them against fp32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 

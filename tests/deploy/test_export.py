@@ -331,6 +331,10 @@ def test_a_bf16_eval_member_embeds_under_autocast_and_exports_in_fp32(sample_mem
     assert np.sum(from_file * a, axis=1).min() > 0.999
 
 
+def weight_bytes(path) -> int:
+    return sum(p.numel() * p.element_size() for p in jit_load(path).parameters())
+
+
 @pytest.mark.parametrize("spec, dtype", [("student:stu", "fp16"), ("ensemble:teach", "fp16"), ("student:stu", "bf16")])
 def test_a_half_precision_export_keeps_the_contract_at_half_the_size(distilled_workspace, tmp_path, spec, dtype):
     full, half = tmp_path / "fp32.pt", tmp_path / f"{dtype}.pt"
@@ -338,9 +342,6 @@ def test_a_half_precision_export_keeps_the_contract_at_half_the_size(distilled_w
     desc = export(spec, distilled_workspace, half, sample=4, dtype=dtype)
     assert desc["compute_dtype"] == {"fp16": "float16", "bf16": "bfloat16"}[dtype]
     assert desc["verify"]["min_cosine"] >= 0.999  # against the package's fp32 embedding
-    def weight_bytes(path):
-        return sum(p.numel() * p.element_size() for p in jit_load(path).parameters())
-
     assert {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype] in {p.dtype for p in jit_load(half).parameters()}
     assert weight_bytes(half) < 0.55 * weight_bytes(full)  # the members' weights halved (fusion stays fp32)
     result = run_contract(half, tmp_path)  # a fresh process without the package: float32 out, unit norm

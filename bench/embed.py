@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality import median_seconds
 
 import ensemble.data.dataset as dataset_module
+from ensemble.atomic import atomic_write_json
 from ensemble.data.decode import decode_image
 from ensemble.data.manifest import read_manifest
 from ensemble.embed.extract import TTA, MultiTransform, extract_many
@@ -231,7 +232,7 @@ def main() -> None:
     if args.recipe:
         result = measure_recipe(args.recipe, device, args.images, tuple(args.workers))
         if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=1))
+            atomic_write_json(Path(args.out), result, indent=1)
         return print(recipe_table(result))
     v1, v2 = (p.embedder for p in load_members(Workspace(WORKDIR), ["mnv1_grocery", "mnv2_grocery"], "backbone",
                                                 device))

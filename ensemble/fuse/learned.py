@@ -78,9 +78,10 @@ def fit_projection(features, labels: list[str], start: PCAReducer, cfg: Projecti
         for batch in torch.randperm(len(rows), generator=gen).split(cfg.batch_size):
             projected = x[batch] @ proj.T
             loss = torch.zeros(())
-            if head is not None and bool((y[batch] >= 0).any()):
+            if head is not None:  # a batch without labelled rows gives empty tensors: no label loss
                 named, targets_of_named = _labelled(projected, y[batch])
-                loss = loss + cfg.label_weight * F.cross_entropy(head(named, targets_of_named), targets_of_named)
+                if len(targets_of_named):
+                    loss = loss + cfg.label_weight * F.cross_entropy(head(named, targets_of_named), targets_of_named)
             if cfg.neighbour_weight > 0:
                 loss = loss + cfg.neighbour_weight * neighbour_loss(x[batch] + mean, projected,
                                                                     cfg.neighbour_tau_teacher, cfg.neighbour_tau)

@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..config.load import dump_cfg
-from ..config.schema import MemberCfg
+from ..config.schema import EvalCfg, MemberCfg
 from ..data.augment import build_train_transform
 from ..data.dataset import FailureLog, ImageDataset
 from ..device import pick_device
@@ -55,7 +55,7 @@ class TrainJob:
         return self.run_dir / MODEL_FILE
 
 
-EMBEDS_WITH = {"gem_p": None, "precision": "fp32"}  # eval keys the model file fixes for every consumer (default)
+EMBEDS_WITH = ("gem_p", "precision")  # eval keys the model file fixes for every consumer
 
 
 def reuse_trained(job: TrainJob) -> bool:
@@ -64,8 +64,9 @@ def reuse_trained(job: TrainJob) -> bool:
     payload = check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key)
     if payload is None:
         return False
-    for key, default in EMBEDS_WITH.items():
-        saved, asked = payload["config"]["eval"].get(key, default), getattr(job.cfg.eval, key)
+    for key in EMBEDS_WITH:  # a file saved before the key existed embeds with its default
+        saved = payload["config"]["eval"].get(key, EvalCfg.model_fields[key].default)
+        asked = getattr(job.cfg.eval, key)
         if saved != asked:
             raise EnsError(f"{job.kind} {job.cfg.name}: its model file embeds with eval.{key} {saved}, the recipe "
                            f"asks for {asked}; use another name (--set name=...) to derive that copy in seconds")

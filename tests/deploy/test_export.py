@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from ensemble.deploy.export import export
 from ensemble.deploy.torchscript import decoded_tensor, jit_load
 from ensemble.errors import EnsError
 from ensemble.workspace import Workspace, resolve_model
+from tests.conftest import ROOT, tiny_recipe
 
-ROOT_DATA = Path(__file__).resolve().parents[2] / "sample" / "grocery"
+ROOT_DATA = ROOT / "sample" / "grocery"
 
 # runs in a fresh interpreter where `import ensemble` fails: the file must need torch only
 CONTRACT = r"""
@@ -284,7 +284,6 @@ def sample_member(tmp_path_factory):
     """A tiny member trained one epoch on the grocery sample shipped in sample/ (no ../shared needed)."""
     from ensemble.config.load import load_member_cfg
     from ensemble.train.member import train_member
-    from tests.conftest import ROOT, tiny_recipe
 
     folder = tmp_path_factory.mktemp("sample_ws")
     recipe = tiny_recipe(folder, ROOT / "configs" / "data" / "sample.yaml", name="grocery_vit")
@@ -309,7 +308,6 @@ def test_an_exported_file_embeds_on_every_device_as_the_package_does(sample_memb
 def test_a_bf16_eval_member_embeds_under_autocast_and_exports_in_fp32(sample_member, tmp_path):
     from ensemble.config.load import load_member_cfg
     from ensemble.train.member import train_member
-    from tests.conftest import ROOT, tiny_recipe
 
     recipe = tiny_recipe(tmp_path, ROOT / "configs" / "data" / "sample.yaml", name="grocery_vit")
     sets = ["stages=[{train: [all], epochs: 1}]", "eval.enabled=false", "eval.precision=bf16", "name=grocery_bf16"]

@@ -11,6 +11,7 @@ from ..config.load import load_data_cfg
 from ..config.schema import EnsembleCfg
 from ..data.manifest import Manifest, read_manifest
 from ..device import pick_device
+from ..distributed import device_for, world
 from ..embed.cache import embed_manifest
 from ..embed.extract import TTA
 from ..errors import EnsError
@@ -46,7 +47,7 @@ def check_same_training_set(parts: list[Part]) -> None:
 def fuse(cfg: EnsembleCfg, workdir: str | Path | Workspace) -> ResolvedModel:
     """Fit and save the ensemble of `cfg`; returns it resolved (ready to embed)."""
     ws = Workspace.at(workdir)
-    device = pick_device(cfg.device)
+    device = device_for(world(), pick_device(cfg.device))
     name = cfg.name or "default"
     parts = load_members(ws, cfg.members, cfg.features, device)
     check_same_training_set(parts)

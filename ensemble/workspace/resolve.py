@@ -71,6 +71,7 @@ class ResolvedModel:
     head: FusionHead | None = None
     ensemble: EnsembleFile | None = None
     exported: Path | None = None
+    device: torch.device = torch.device("cpu")  # where its modules sit and every embedding runs (resolve time)
 
     @property
     def out_dim(self) -> int:
@@ -89,22 +90,20 @@ class ResolvedModel:
         return fuse_features(self.head, features, [p.embedder.out_dim for p in self.parts], self.name)
 
     def embed(self, manifest: Manifest, ws: Workspace, tta: TTA | None = None, workers: int = 2,
-              batch_size: int = 64, device: torch.device | None = None, cache: bool = True) -> np.ndarray:
-        """The model's embedding of every manifest row (part features cached in the workspace unless
-        cache=False; sharded across ranks in a multi-process run)."""
+              batch_size: int = 64, cache: bool = True) -> np.ndarray:
+        """The model's embedding of every manifest row on `self.device` (part features cached in the
+        workspace unless cache=False; sharded across ranks in a multi-process run)."""
         if self.exported is not None:
-            return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers,
-                                  device or pick_device("auto"))
-        return self.combine(self.part_features(manifest, ws, tta, workers, batch_size, device, cache))
+            return embed_exported(self.exported, manifest, ws.cache_dir if cache else None, workers, self.device)
+        return self.combine(self.part_features(manifest, ws, tta, workers, batch_size, cache))
 
     def part_features(self, manifest: Manifest, ws: Workspace, tta: TTA | None = None, workers: int = 2,
-                      batch_size: int = 64, device: torch.device | None = None, cache: bool = True) -> list[np.ndarray]:
+                      batch_size: int = 64, cache: bool = True) -> list[np.ndarray]:
         """Each part's own feature of every manifest row, before fusion (as `embed` caches them)."""
         if self.exported is not None:
             raise EnsError(f"MODEL {self.exported}: an exported file has no separate part features")
-        device = device_for(world(), device or pick_device("auto"))
-        return embed_manifest(self.embedders, manifest, ws.cache_dir, device, tta or self.tta, batch_size, workers,
-                              use_cache=cache)
+        return embed_manifest(self.embedders, manifest, ws.cache_dir, self.device, tta or self.tta, batch_size,
+                              workers, use_cache=cache)
 
     def identity(self) -> dict:
         """What makes two models embed alike: their files' hashes and features, fusion and TTA."""
@@ -138,22 +137,26 @@ def _part(file: ModelFile, name: str, features: str, device: torch.device) -> Pa
 
 def resolve_model(spec: str | None, workdir: str | Path | Workspace, features: str | None = None,
                   device: torch.device | None = None) -> ResolvedModel:
-    """Load what MODEL names (see the module docstring); `features` overrides a member's eval.features."""
+    """Load what MODEL names (see the module docstring) onto `device` (default: an ensemble's recipe
+    device, otherwise the accelerator if there is one; under torchrun each rank's own), where it also
+    embeds; `features` overrides a member's eval.features."""
     ws, ref = Workspace.at(workdir), ModelRef.parse(spec)
     if ref.kind == "ensemble":
         return _ensemble(ws, ref.name, features, device)
+    device = device_for(world(), device or pick_device("auto"))
     if ref.kind == "export":
-        return _exported(ref.path)
+        return _exported(ref.path, device)
     if ref.kind == "student":
         if features and features != "neck":
             raise EnsError(f"--features {features}: a student has one output, its embedding")
         file = student_file(ws, ref.name)
-        part = _part(file, f"student-{ref.name}", "neck", device or pick_device("auto"))
+        part = _part(file, f"student-{ref.name}", "neck", device)
         return ResolvedModel(f"student:{ref.name}", "student", TTA(flip=file.cfg.eval.flip_tta), file.data, [part],
-                             FusionHead([[0]]))
+                             FusionHead([[0]]), device=device)
     file = member_file(ws, ref.name)
-    part = _part(file, ref.name, features or file.cfg.eval.features, device or pick_device("auto"))
-    return ResolvedModel(ref.name, "member", TTA(flip=file.cfg.eval.flip_tta), file.data, [part], FusionHead([[0]]))
+    part = _part(file, ref.name, features or file.cfg.eval.features, device)
+    return ResolvedModel(ref.name, "member", TTA(flip=file.cfg.eval.flip_tta), file.data, [part], FusionHead([[0]]),
+                         device=device)
 
 
 def load_members(ws: Workspace, names: list[str], features: str | None, device: torch.device) -> list[Part]:
@@ -169,19 +172,20 @@ def _ensemble(ws: Workspace, name: str | None, features: str | None, device) -> 
     ens = read_ensemble(ws, name)
     if features and features != ens.features:
         raise EnsError(f"--features {features}: ensemble {ens.name!r} was fitted on {ens.features} features")
-    parts = load_members(ws, ens.member_names, ens.features, device or pick_device(ens.config["device"]))
+    device = device_for(world(), device or pick_device(ens.config["device"]))
+    parts = load_members(ws, ens.member_names, ens.features, device)
     for part, key in zip(parts, ens.member_keys, strict=True):
         if part.embedder.key != key:
             raise EnsError(f"ensemble {ens.name!r}: member {part.embedder.name!r} changed since the ensemble was "
                            "fitted (checkpoint hash differs); run `ens fuse` again")
     tta = ens.description["tta"]
     return ResolvedModel(f"ensemble:{ens.name}", "ensemble", TTA(tta["flip"], tuple(tta["extra_sizes"])),
-                         parts[0].file.data, parts, FusionHead(ens.groups, ens.reducer, ens.power), ens)
+                         parts[0].file.data, parts, FusionHead(ens.groups, ens.reducer, ens.power), ens, device=device)
 
 
-def _exported(path: Path) -> ResolvedModel:
+def _exported(path: Path, device: torch.device) -> ResolvedModel:
     if not path.is_file():
         raise EnsError(f"MODEL {path}: exported file not found")
     meta = read_meta(path)
     return ResolvedModel(f"export:{path.name}", "export", TTA(flip=meta["flip_tta"]), meta.get("data"), [],
-                         exported=path)
+                         exported=path, device=device)

@@ -298,9 +298,8 @@ def test_an_exported_file_embeds_on_every_device_as_the_package_does(sample_memb
     out = tmp_path / "grocery_vit.pt"
     export("grocery_vit", ws, out, sample=4)
     query = read_manifest(ROOT_DATA / "query.csv")
-    from_file = resolve_model(str(out), ws).embed(query, ws, workers=0, device=torch.device(device), cache=False)
-    cpu = torch.device("cpu")
-    from_package = resolve_model("grocery_vit", ws, device=cpu).embed(query, ws, workers=0, device=cpu, cache=False)
+    from_file = resolve_model(str(out), ws, device=torch.device(device)).embed(query, ws, workers=0, cache=False)
+    from_package = resolve_model("grocery_vit", ws, device=torch.device("cpu")).embed(query, ws, workers=0, cache=False)
     assert from_file.shape == (len(query), 8) and from_file.dtype == np.float32
     assert np.sum(from_file * from_package, axis=1).min() > 0.999
 
@@ -319,13 +318,13 @@ def test_a_bf16_eval_member_embeds_under_autocast_and_exports_in_fp32(sample_mem
     file_sha1 = bf16.parts[0].file.sha1
     assert bf16.parts[0].embedder.key == f"{file_sha1}:neck:bf16"  # cached apart from an fp32 run of the file
     assert fp32.parts[0].embedder.key == f"{fp32.parts[0].file.sha1}:neck"  # fp32 keys as before
-    a, b = (m.embed(query, ws, workers=0, device=cpu, cache=False) for m in (fp32, bf16))
+    a, b = (m.embed(query, ws, workers=0, cache=False) for m in (fp32, bf16))
     cosine = np.sum(a * b, axis=1)
     assert b.dtype == np.float32 and cosine.min() > 0.99 and np.abs(a - b).max() > 1e-4  # bf16 ran, not fp32
     out = tmp_path / "bf16.pt"
     desc = export("grocery_bf16", ws, out, sample=4)  # checked against the fp32 path: the file computes in fp32
     assert desc["verify"]["min_cosine"] >= 0.999 and desc["compute_dtype"] == "float32"
-    from_file = resolve_model(str(out), ws).embed(query, ws, workers=0, device=cpu, cache=False)
+    from_file = resolve_model(str(out), ws, device=cpu).embed(query, ws, workers=0, cache=False)
     assert np.sum(from_file * a, axis=1).min() > 0.999
 
 

@@ -48,6 +48,25 @@ def test_the_graph_computes_what_extraction_computes(distilled_workspace):
     assert np.sum(from_embed * from_graph, axis=1).min() > 0.999
 
 
+def test_a_resolved_model_embeds_on_the_device_it_was_loaded_on(distilled_workspace, monkeypatch):
+    """The device is chosen once, when the model is resolved (an ensemble: its recipe's `device`): an
+    accelerator that the default would pick at embedding time must not receive the images of a model
+    loaded on the CPU."""
+    from ensemble.data.manifest import read_manifest
+    from ensemble.workspace import resolve
+
+    ws = Workspace(distilled_workspace)
+    query = read_manifest(distilled_workspace.parent / "query.csv")
+    ens = resolve_model("ensemble:teach", ws)  # its recipe says device: cpu
+    student = resolve_model("student:stu", ws, device=torch.device("cpu"))
+    assert ens.device == student.device == torch.device("cpu")
+    expected = ens.embed(query, ws, workers=0, cache=False)
+    monkeypatch.setattr(resolve, "pick_device", lambda name="auto": torch.device("meta"))  # "an accelerator"
+    assert np.array_equal(ens.embed(query, ws, workers=0, cache=False), expected)
+    assert student.embed(query, ws, workers=0, cache=False).shape == (len(query), 8)
+    with pytest.raises(TypeError):  # no per-call device: it could differ from where the modules sit
+        ens.embed(query, ws, workers=0, device=torch.device("cpu"))
+
 def test_errors_name_what_is_missing(distilled_workspace, tmp_path):
     ws = Workspace(distilled_workspace)
     with pytest.raises(EnsError, match="member 'nobody': no trained model at .*run `ens train-member` first"):

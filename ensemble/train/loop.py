@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text
@@ -108,6 +109,14 @@ class Trainer:
         self.metrics_path = spec.run_dir / "metrics.jsonl"
         self.dtype = autocast_dtype(self.device, spec.optim.precision)
         self.history: list[dict] = []  # one record per finished epoch, saved inside the checkpoint
+        self.ema, self.ema_step = self._build_ema(), 0
+
+    def _build_ema(self) -> ModelEmaV3 | None:
+        """The moving average of the task's model (optim.ema_decay), or None."""
+        decay = self.spec.optim.ema_decay
+        if not decay:
+            return None
+        return ModelEmaV3(self.task.model, decay=decay, use_warmup=True, warmup_power=0.75)
 
     def _resume_point(self) -> tuple[int, int, dict | None]:
         if not self.last_path.exists():
@@ -116,6 +125,9 @@ class Trainer:
         check_same_recipe(self.last_path, ckpt["recipe_key"], self.spec.recipe_key)
         self.task.load_state_dict(ckpt["task"])
         self.history = list(ckpt.get("history", []))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"]["model"])
+            self.ema_step = ckpt["ema"]["step"]
         log.info("resuming %s from stage %d epoch %d", self.spec.run_dir.name, ckpt["stage"] + 1, ckpt["epoch"])
         return ckpt["stage"], ckpt["epoch"], ckpt
 
@@ -127,6 +139,8 @@ class Trainer:
                 continue
             resume = ckpt if si == start_stage and start_epoch > 0 else None
             self._run_stage(si, stage, start_epoch if resume else 0, int(offsets[si]), resume)
+        if self.ema is not None:  # the model the run saves is the average
+            self.task.model.load_state_dict(self.ema.module.state_dict())
 
     def _wrap(self) -> None:
         """DDP over the parameters that learn in this stage (rebuilt per stage: the set changes)."""
@@ -225,6 +239,9 @@ class Trainer:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if self.ema is not None:
+                self.ema_step += 1
+                self.ema.update(self.task.model, step=self.ema_step)
         return float(loss.detach())
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -246,4 +263,6 @@ class Trainer:
                    "recipe_key": self.spec.recipe_key, "task": self.task.state_dict(),
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "history": self.history, **self.spec.extra}
+        if self.ema is not None:
+            payload["ema"] = {"model": self.ema.module.state_dict(), "step": self.ema_step}
         save_checkpoint(self.last_path, payload)

@@ -8,7 +8,9 @@ fitted through the library in the pipeline's workspace (so it reuses the pipelin
 ensemble and embedding cache), then scored on configs/data/multi.yaml (query vs the shared index,
 flip TTA, the recipe's eval size; a row with the bench-only `eval_px=N` scores the same trained model at
 N px instead). Members are scored on their pooled backbone feature (what the
-ensemble fuses). WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
+ensemble fuses). The shipped Lite0 student is also reseeded (seeds 1, 2: run-to-run noise) and trained
+with an EMA of its weights (optim.ema_decay, seeds 0-2) and for 6 epochs instead of 4 (seed 0), and the
+MobileNet-v1 member with that EMA. WiSE-FT rows (`backbone.wise_ft=W`) of a run already trained in the workspace only
 interpolate it (no training), and `eval.gem_p=P` rows take its weights as they are, pooled by GeM
 (no training). The HEADS_12 rows train the 12-epoch Lite0 recipe with the margin heads of
 GUIE's top solutions (dynamic margin, sub-centres), then pool each by GeM p=6 (and the
@@ -248,6 +250,12 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["projection=pca", f"fit_on={ROOT / 'configs' / 'data' / 'multi_train_balanced.csv'}", "power=1"]),
     ("student (EfficientNet-Lite0)", "recipe: fused 64-d target, train images, from lite0_multi; 160 px, "
      "backbone lr x0.3, sim_kl 1", STUDENT, []),
+    *[("student (EfficientNet-Lite0)", f"recipe reseeded (seed {seed} instead of 0: batch order and augmentation, "
+       "run-to-run noise)", STUDENT, [f"seed={seed}", f"name=lite0_multi_160_s{seed}"]) for seed in (1, 2)],
+    *[("student (EfficientNet-Lite0)", f"recipe + EMA of the weights (optim.ema_decay 0.998), seed {seed}", STUDENT,
+       [f"seed={seed}", "optim.ema_decay=0.998", f"name=lite0_multi_160_ema_s{seed}"]) for seed in (0, 1, 2)],
+    ("student (EfficientNet-Lite0)", "recipe, 6 epochs instead of 4 (one seed)", STUDENT,
+     ["stages=[{train: [all], epochs: 6}]", "name=lite0_multi_160_6ep_s0"]),
     ("student (EfficientNet-Lite0)", "previous recipe: 128 px, backbone lr x0.1, no sim_kl", STUDENT_128, []),
     ("student (EfficientNet-Lite0)", "previous + batch similarity KL (sim_kl 1, temperature 0.05)", STUDENT_128,
      ["loss.sim_kl=1.0"]),
@@ -270,6 +278,8 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.7", MEMBER,
      ["backbone.image_size=160", "backbone.wise_ft=0.7"]),
     ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.5", MEMBER, MNV1_160_WISE),
+    ("member (MobileNet-v1)", "recipe + EMA of the weights (optim.ema_decay 0.998)", MEMBER,
+     ["optim.ema_decay=0.998", "name=mnv1_multi_ema"]),
     main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),

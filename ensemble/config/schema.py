@@ -138,8 +138,8 @@ class OptimCfg(Strict):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     grad_clip: float | None = Field(None, gt=0)
     # exponential moving average of the model's weights (timm ModelEmaV3): the saved model is the average.
-    # Its decay ramps up as 1 - (1 + step)^-0.75 and stops at ema_decay, so a short run keeps no trace
-    # of its starting weights; None trains and saves the raw weights
+    # Its decay ramps up as 1 - step^-0.75 (step: optimizer steps so far, over all stages) and stops at
+    # ema_decay, so a short run keeps no trace of its starting weights; None saves the raw weights
     ema_decay: float | None = Field(None, gt=0, lt=1)
     max_steps_per_epoch: PositiveInt | None = None  # smoke runs: end each epoch after this many steps
 

@@ -67,6 +67,7 @@ def test_a_resolved_model_embeds_on_the_device_it_was_loaded_on(distilled_worksp
     with pytest.raises(TypeError):  # no per-call device: it could differ from where the modules sit
         ens.embed(query, ws, workers=0, device=torch.device("cpu"))
 
+
 def test_errors_name_what_is_missing(distilled_workspace, tmp_path):
     ws = Workspace(distilled_workspace)
     with pytest.raises(EnsError, match="member 'nobody': no trained model at .*run `ens train-member` first"):

@@ -280,6 +280,8 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.5", MEMBER, MNV1_160_WISE),
     ("member (MobileNet-v1)", "recipe + EMA of the weights (optim.ema_decay 0.998)", MEMBER,
      ["optim.ema_decay=0.998", "name=mnv1_multi_ema"]),
+    *[("member (MobileNet-v1)", f"retention: backbone lr x{scale} of the head's instead of x0.1", MEMBER,
+       [f"optim.backbone_lr_scale={scale}", f"name=mnv1_multi_blr{scale}"]) for scale in (0.05, 0.03)],
     main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),

@@ -221,6 +221,23 @@ HEAD_ONLY_REDUCERS = tuple(r for r in LODO_REDUCERS if r[2] in ("concat", "pca")
 # MobileNet-v1 trained at the eval size + WiSE-FT 0.5: the one mnv1 variant that keeps every domain
 MNV1_160_WISE = ["backbone.image_size=160", "backbone.wise_ft=0.5"]
 
+SOUPS = (  # student soups (soup_seeds: the mean of the seeds' runs' weights): (said, overrides, name stem, seeds)
+    *[("recipe", [], "lite0_multi_160", seeds) for seeds in ((0, 1), (0, 2), (1, 2), (0, 1, 2))],
+    ("recipe + EMA 0.998", ["optim.ema_decay=0.998"], "lite0_multi_160_ema", (0, 1, 2)),
+    ("recipe, 6 epochs", ["stages=[{train: [all], epochs: 6}]"], "lite0_multi_160_6ep", (0, 1)),
+    ("recipe, 3 epochs", ["stages=[{train: [all], epochs: 3}]"], "lite0_multi_160_3ep", (0, 1)),
+)
+
+
+def soup_row(said: str, sets: list[str], stem: str, seeds: tuple[int, ...]) -> tuple[str, str, str, list[str]]:
+    """The student recipe changed by `sets`, as the soup of its runs with `seeds` (each run above reused
+    where its rows trained it: the same recipe key under another name is derived without training)."""
+    tag = "".join(map(str, seeds))
+    return ("student (EfficientNet-Lite0)", f"{said}, a soup of seeds {'+'.join(map(str, seeds))} (the mean of "
+            "the runs' weights)", STUDENT,
+            [*sets, f"seed={seeds[0]}", f"soup_seeds={list(seeds[1:])}", f"name={stem}_soup{tag}"])
+
+
 VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is the shipped recipe; cheap ones first
     ("ensemble (3 members)", "recipe: signed sqrt, learned-64 (train labels + neighbour term), fitted on train",
      ENSEMBLE, []),
@@ -256,6 +273,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
        [f"seed={seed}", "optim.ema_decay=0.998", f"name=lite0_multi_160_ema_s{seed}"]) for seed in (0, 1, 2)],
     *[("student (EfficientNet-Lite0)", f"recipe, 6 epochs instead of 4, seed {seed}", STUDENT,
        [f"seed={seed}", "stages=[{train: [all], epochs: 6}]", f"name=lite0_multi_160_6ep_s{seed}"]) for seed in (0, 1)],
+    *[("student (EfficientNet-Lite0)", f"recipe, 3 epochs instead of 4, seed {seed}", STUDENT,
+       [f"seed={seed}", "stages=[{train: [all], epochs: 3}]", f"name=lite0_multi_160_3ep_s{seed}"]) for seed in (0, 1)],
+    *[soup_row(*soup) for soup in SOUPS],
     ("student (EfficientNet-Lite0)", "previous recipe: 128 px, backbone lr x0.1, no sim_kl", STUDENT_128, []),
     ("student (EfficientNet-Lite0)", "previous + batch similarity KL (sim_kl 1, temperature 0.05)", STUDENT_128,
      ["loss.sim_kl=1.0"]),

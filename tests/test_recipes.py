@@ -146,10 +146,12 @@ def test_shipped_recipe_trains_embeds_and_exports(recipe, recipe_ws):
     cfg = recipe_ws.run(path)
     student = isinstance(cfg, StudentCfg)
     run_dir = recipe_ws.workdir / ("students" if student else "members") / cfg.name
-    records = _records(run_dir)
+    seeds = [cfg.seed, *cfg.soup_seeds] if student else [cfg.seed]
+    runs = [run_dir.parent / f"{cfg.name}_seed{s}" for s in seeds] if len(seeds) > 1 else [run_dir]  # a soup's runs
+    records = [r for one in runs for r in _records(one)]
 
     # real optimiser steps, every stage, finite losses, under the recipe's own precision
-    assert sum(r["images"] for r in records) > 0 and len(records) == sum(s.epochs for s in cfg.stages)
+    assert sum(r["images"] for r in records) > 0 and len(records) == sum(s.epochs for s in cfg.stages) * len(seeds)
     assert sum(r["steps"] for r in records) >= 2 and all(r["steps"] == 1 for r in records)
     assert all(math.isfinite(r["loss"]) for r in records)
     assert {r["autocast"] for r in records} == {"bfloat16" if cfg.optim.precision == "bf16" else None}
@@ -162,6 +164,8 @@ def test_shipped_recipe_trains_embeds_and_exports(recipe, recipe_ws):
 
     file = load_model_file(run_dir / "best.pt", "student_model" if student else "member_model")
     model = file.model
+    if len(seeds) > 1:  # the recipe's student is the mean of its runs' weights
+        assert [one["name"] for one in file.extra["soup"]] == [one.name for one in runs]
     size = cfg.backbone.image_size or model.backbone.image_size
     assert file.preprocess["size_px"] == size
     if cfg.backbone.source == "open_clip":  # positional embedding resampled to the recipe's grid

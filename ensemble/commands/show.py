@@ -20,7 +20,8 @@ def show(spec: str, workdir) -> dict:
         raise EnsError(f"MODEL {spec!r}: show describes model files; see runs/ensemble/<name>/ensemble.yaml")
     folder = ws.student_dir(ref.name) if ref.kind == "student" else ws.member_dir(ref.name)
     payload = load_checkpoint(folder / MODEL_FILE, kind=f"{ref.kind}_model")
-    return {**payload["describe"], "preprocess": payload.get("preprocess")}
+    soup = {"soup": payload["soup"]} if payload.get("soup") else {}  # a student averaged over seeds: its runs
+    return {**payload["describe"], "preprocess": payload.get("preprocess"), **soup}
 
 
 def run(spec: str, workdir) -> str:

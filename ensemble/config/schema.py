@@ -255,6 +255,10 @@ class StudentCfg(MemberCfg):
         default_factory=lambda: [StageCfg(train=["neck"], epochs=1), StageCfg(train=["all"], epochs=3)],
         min_length=1,
     )
+    # a uniform model soup (Wortsman et al., 2022): the recipe is trained once per seed (`seed` and
+    # these, each an ordinary student `<name>_seed<s>`) and the student is the mean of their weights;
+    # one model, one member's cost. Empty: one run.
+    soup_seeds: list[int] = []
 
     @model_validator(mode="after")
     def _check_head(self):
@@ -262,6 +266,17 @@ class StudentCfg(MemberCfg):
             raise ValueError("stages: a 'head' stage needs loss.arcface > 0 (the student has no head otherwise)")
         if self.neck_init == "lstsq" and (len(self.neck.dims) != 1 or self.neck.batchnorm):
             raise ValueError("neck_init: lstsq needs a neck of one Linear layer (neck.dims: [D], batchnorm: false)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_soup(self):
+        seeds = [self.seed, *self.soup_seeds]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"soup_seeds: expected seeds other than `seed` ({self.seed}), each once; got "
+                             f"{self.soup_seeds}")
+        if self.soup_seeds and (self.neck_init != "lstsq" or not (self.backbone.pretrained or self.backbone.init_from)):
+            raise ValueError("soup_seeds: the runs averaged must share their starting weights: needs neck_init: "
+                             "lstsq and backbone.pretrained or backbone.init_from (a random start differs per seed)")
         return self
 
 

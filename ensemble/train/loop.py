@@ -73,7 +73,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def check_same_recipe(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume from a checkpoint written by a different recipe. A key only one side has
-    counts as the same when it is off there (null, false, 0, {}): an option added to the recipes
+    counts as the same when it is off there (null, false, 0, {}, []): an option added to the recipes
     after a run was trained, at its off default, does not orphan that run."""
     differ = recipe_differences(saved, current)
     if differ:
@@ -93,7 +93,7 @@ def _added_off(key: str, a: dict, b: dict) -> bool:
     if key in a and key in b:
         return False
     value = a.get(key, b.get(key))
-    return value is None or value is False or value == 0 or value == {}
+    return value is None or value is False or value == 0 or value == {} or value == []
 
 
 class Trainer:

@@ -34,7 +34,8 @@ from ..workspace.resolve import ResolvedModel, resolve_model
 from .data import distill_manifest
 from .recipe import recipe_key
 from .run import TrainJob, run_training
-from .rundir import cached_result, run_lock
+from .rundir import cached_result, check_recipe, run_lock
+from .soup import ingredient_cfgs, save_soup
 from .warm_start import fit_neck, init_from_member
 
 log = logging.getLogger("ensemble")
@@ -137,6 +138,8 @@ def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> Dis
 def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:
     """Train (or resume, or reuse) the student of `cfg`; returns its summary with eval."""
     ws = Workspace.at(workdir)
+    if cfg.soup_seeds:
+        return distill_soup(cfg, ws)
     run_dir = ws.student_dir(cfg.name)
     with run_lock(run_dir, active=world().main):
         data = distill_data(cfg, ws, run_dir)
@@ -149,6 +152,24 @@ def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:
         if not run_training(job):
             return {"name": cfg.name, "rank": world().rank}
         return evaluate_student(cfg, run_dir)
+
+
+def distill_soup(cfg: StudentCfg, ws: Workspace) -> dict:
+    """A student that is the mean of the weights of its recipe's runs, one per seed (train/soup.py)."""
+    run_dir = ws.student_dir(cfg.name)
+    _, teacher_sha1 = teacher_fingerprint(ws, cfg.teacher)
+    key = recipe_key(cfg, distill_manifest_sha1=distill_manifest(cfg).sha1, teacher_sha1=teacher_sha1)
+    check_recipe(run_dir / MODEL_FILE, "student_model", key)  # before hours of training, not after
+    ingredients = ingredient_cfgs(cfg)
+    for one in ingredients:
+        log.info("student %s: ingredient %s (seed %d)", cfg.name, one.name, one.seed)
+        distill(one, ws)
+    w = world()
+    if w.main:
+        with run_lock(run_dir):
+            save_soup(cfg, key, run_dir, [ws.student_dir(one.name) / MODEL_FILE for one in ingredients])
+    barrier(w)
+    return evaluate_student(cfg, run_dir) if w.main else {"name": cfg.name, "rank": w.rank}
 
 
 def evaluate_student(cfg: StudentCfg, run_dir: Path) -> dict:

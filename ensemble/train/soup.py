@@ -10,7 +10,6 @@ ingredients (name, seed, sha1); it is rewritten when an ingredient's file change
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -19,7 +18,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config.load import dump_cfg
 from ..config.schema import StudentCfg
 from ..hashing import file_sha1
-from ..workspace.layout import MODEL_FILE
+from ..workspace.layout import MODEL_FILE, Workspace
 from .rundir import check_recipe
 
 log = logging.getLogger("ensemble")
@@ -44,10 +43,11 @@ def mean_weights(states: list[dict]) -> dict:
             for key, value in states[0].items()}
 
 
-def save_soup(cfg: StudentCfg, key: dict, run_dir: Path, files: list[Path]) -> None:
-    """Write run_dir's model file: the mean of the ingredients' model `files` (kept while they are unchanged)."""
-    named = [{"name": f.parent.name, "seed": seed, "sha1": file_sha1(f)}
-             for f, seed in zip(files, (cfg.seed, *cfg.soup_seeds), strict=True)]
+def save_soup(cfg: StudentCfg, key: dict, ws: Workspace, ingredients: list[StudentCfg]) -> None:
+    """Write the soup's model file: the mean of its trained `ingredients` (kept while they are unchanged)."""
+    files = [ws.student_dir(one.name) / MODEL_FILE for one in ingredients]
+    named = [{"name": one.name, "seed": one.seed, "sha1": file_sha1(f)} for one, f in zip(ingredients, files)]
+    run_dir = ws.student_dir(cfg.name)
     path = run_dir / MODEL_FILE
     saved = check_recipe(path, "student_model", key)
     if saved is not None and saved.get("soup") == named:

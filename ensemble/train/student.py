@@ -167,7 +167,7 @@ def distill_soup(cfg: StudentCfg, ws: Workspace) -> dict:
     w = world()
     if w.main:
         with run_lock(run_dir):
-            save_soup(cfg, key, run_dir, [ws.student_dir(one.name) / MODEL_FILE for one in ingredients])
+            save_soup(cfg, key, ws, ingredients)
     barrier(w)
     return evaluate_student(cfg, run_dir) if w.main else {"name": cfg.name, "rank": w.rank}
 

@@ -125,7 +125,7 @@ def build_distill_task(cfg: StudentCfg, data: DistillData, ws: Workspace) -> Dis
     if cfg.backbone.init_from:
         init_from_member(model, ws, cfg.backbone.init_from)
     if cfg.neck_init == "lstsq":
-        fit_neck(model, data.manifest.paths, data.teacher, cfg)
+        fit_neck(model, data.manifest.paths, data.teacher, cfg, ws.cache_dir, data.manifest.sha1)
     head = None
     if cfg.loss.arcface:
         counts = [data.targets.count(i) for i in range(len(data.classes))]

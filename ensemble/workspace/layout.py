@@ -4,6 +4,7 @@
     runs/students/<name>/   the same, plus targets.npy / targets.json (the teacher's embeddings)
     runs/ensemble/<name>/   ensemble.yaml, reducer.npz
     runs/cache/<model>/     embeddings per model, manifest and TTA
+    runs/cache/_neck_init/  least-squares neck fits of students (no model name starts with _)
     runs/reports/           ens eval / ens pipeline reports
     runs/exports/           exported files written by `ens pipeline`
 """

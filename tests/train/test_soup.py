@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -27,8 +29,10 @@ def neck_key(payload: dict, kind: str) -> str:
     return next(k for k in payload["model"] if k.startswith("neck.") and k.endswith(f".{kind}"))
 
 
-def test_a_soup_is_the_mean_of_its_seeds_runs_and_embeds_as_one_student(distilled_workspace):
-    distill(soup_cfg(distilled_workspace, "soup", ["soup_seeds=[1]"]), distilled_workspace)
+def test_a_soup_is_the_mean_of_its_seeds_runs_and_embeds_as_one_student(distilled_workspace, caplog):
+    with caplog.at_level(logging.INFO, logger="ensemble"):
+        distill(soup_cfg(distilled_workspace, "soup", ["soup_seeds=[1]"]), distilled_workspace)
+    assert caplog.text.count("neck init: reusing the fit") == 1  # seed 1 starts from seed 0's neck fit
     soup, one, two = (weights(distilled_workspace, n) for n in ("soup", "soup_seed0", "soup_seed1"))
     key = neck_key(one, "weight")
     assert not torch.allclose(one["model"][key], two["model"][key])  # the seeds' runs differ

@@ -65,15 +65,16 @@ def ridge_fit(feats: np.ndarray, targets: np.ndarray, ridge: float) -> tuple[np.
 
 
 def neck_fit_key(model: EmbeddingModel, manifest_sha1: str, teacher: np.ndarray, cfg: StudentCfg) -> str:
-    """What defines a neck fit: the backbone's starting weights (bytes), the distill manifest, the
-    targets, the preprocessing and the ridge."""
+    """What defines a neck fit: the backbone's starting weights (bytes) and its whole config (pooling,
+    features and kwargs are not all in the weights), the preprocessing, the distill manifest, the
+    targets and the ridge."""
     h = hashlib.sha1()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     bb = model.backbone
-    h.update(json.dumps([cfg.backbone.arch, bb.image_size, list(bb.mean), list(bb.std), cfg.backbone.channels_last,
-                         manifest_sha1, float(cfg.neck_init_ridge)]).encode())
+    h.update(json.dumps([cfg.backbone.model_dump(mode="json"), bb.image_size, list(bb.mean), list(bb.std),
+                         manifest_sha1, float(cfg.neck_init_ridge)], sort_keys=True).encode())
     h.update(np.ascontiguousarray(teacher, np.float32).tobytes())
     return h.hexdigest()[:20]
 

@@ -43,6 +43,9 @@ def test_a_second_run_with_the_same_start_reuses_the_fit_without_embedding(neck_
         _fitted(cfg.model_copy(update={"neck_init_ridge": 1.0}), train, teacher, tmp_path)
     with pytest.raises(AssertionError, match="embedded the images again"):  # other targets too
         _fitted(cfg, train, teacher[::-1].copy(), tmp_path)
+    gem = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"gem_p": 3.0})})
+    with pytest.raises(AssertionError, match="embedded the images again"):  # other pooling, same weights
+        _fitted(gem, train, teacher, tmp_path)
 
 
 def test_a_corrupt_cached_fit_is_ignored_and_fitted_again(neck_case, tmp_path, caplog):

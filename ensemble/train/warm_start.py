@@ -98,11 +98,11 @@ def _load_fit(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
 
 
 def _store_fit(path: Path, weight: np.ndarray, bias: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, weight=weight, bias=bias)
-    atomic_write_bytes(path, buf.getvalue())
+    buffer = io.BytesIO()
+    np.savez(buffer, weight=weight, bias=bias)
+    atomic_write_bytes(path, buffer.getvalue())
     atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
-        {"npz_sha1": hashlib.sha1(buf.getvalue()).hexdigest(), "shape": list(weight.shape)}))
+        {"npz_sha1": hashlib.sha1(buffer.getvalue()).hexdigest(), "shape": list(weight.shape)}))
 
 
 def fit_neck(model: EmbeddingModel, paths: list[str], teacher: np.ndarray, cfg: StudentCfg,

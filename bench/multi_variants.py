@@ -256,9 +256,6 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["projection=pca", "whiten=true", "power=1"]),
     ("ensemble (3 members)", "learned-64, labels only, 60 epochs at lr 3e-3", ENSEMBLE,
      ["power=1", "learned.neighbour_weight=0", "learned.epochs=60", "learned.lr=3e-3"]),
-    ("ensemble (3 members)", "the recipe with mnv1 trained at 160 px + WiSE-FT 0.5 (every domain kept) in "
-     "mnv1_multi's place", ENSEMBLE,
-     [f"members=[{variant_name(MEMBER, MNV1_160_WISE)},mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_160_wise"]),
     ("ensemble (1 member)", "lite0_multi alone, PCA-64 fitted on train", ENSEMBLE,
      ["projection=pca", "members=[lite0_multi]", "power=1"]),
     ("ensemble (1 member)", "lite0_multi alone, the recipe's signed sqrt + learned-64", ENSEMBLE,
@@ -289,6 +286,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("student (MobileNet-v1)", "multi-teacher: + one projector per member", "distill/cpu/mnv1_multi.yaml",
      ["loss.members=1.0"]),
     ("member (MobileNet-v1)", "recipe: size^0.5 domain shares, one head", MEMBER, []),
+    # after the member row above, which trains mnv1_multi (no longer a pipeline member)
+    ("ensemble (3 members)", "the recipe with mnv1_multi (128 px, no WiSE-FT: the members before 2026-12-05) in "
+     "mnv1_multi_160_wise's place", ENSEMBLE,
+     ["members=[mnv1_multi,mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_multi"]),
     ("member (MobileNet-v1)", "class-balanced only (no domain shares)", MEMBER, ["sampler.domain_alpha=null"]),
     ("member (MobileNet-v1)", "one softmax per domain", MEMBER, ["head.per_domain=true"]),
     ("member (MobileNet-v1)", "retention: feature_kd 10", MEMBER, ["backbone.feature_kd=10"]),

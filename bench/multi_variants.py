@@ -299,6 +299,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.7", MEMBER,
      ["backbone.image_size=160", "backbone.wise_ft=0.7"]),
     ("member (MobileNet-v1)", "trained at 160 px + WiSE-FT 0.5", MEMBER, MNV1_160_WISE),
+    # after the member row above, which trains this MobileNet-v1 (the shipped mnv1_multi_160_wise's twin)
+    ("ensemble (3 members)", "the recipe with mnv1 trained at 160 px + WiSE-FT 0.5 (every domain kept) in "
+     "mnv1_multi's place", ENSEMBLE,
+     [f"members=[{variant_name(MEMBER, MNV1_160_WISE)},mnv2_multi,lite0_multi]", "name=multi_cpu_mnv1_160_wise"]),
     ("member (MobileNet-v1)", "recipe + EMA of the weights (optim.ema_decay 0.998)", MEMBER,
      ["optim.ema_decay=0.998", "name=mnv1_multi_ema"]),
     *[("member (MobileNet-v1)", f"retention: backbone lr x{scale} of the head's instead of x0.1", MEMBER,

@@ -36,7 +36,8 @@ without labels: PCA-64, PCA-64 whitened, and the learned projection with its nei
 as diagnostics that are not leave-domain-out, fitted on all six domains' train images: the recipe, PCA-64,
 and the recipe with the held-out domains' images unlabelled), and its three members
 trained with the backbone frozen (neck and head only: their backbone features are the untrained
-backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way.
+backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way. The main job's
+current members are trained without the two domains too (mnv1 at 160 px + WiSE-FT 0.5) and fused.
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder;
@@ -187,6 +188,18 @@ def lodo_wise_rows(weight: float, reducers: tuple[tuple[str, list[str], str], ..
     suffix = "_wise" if weight == 0.5 else f"_wise_{weight}"  # 0.5: named before the weight was
     return lodo_rows(f"leave-domain-out (no illustrations, dishes), WiSE-FT {weight} members", f" + WiSE-FT {weight}",
                      [f"backbone.wise_ft={weight}"], suffix, reducers)
+
+
+def lodo_current_rows() -> list[tuple[str, str, str, list[str]]]:
+    """Leave-domain-out with the main job's members since 2026-12-05: mnv1_lodo trained like mnv1_multi_160_wise
+    (160 px + WiSE-FT 0.5), mnv2_lodo and lite0_lodo as the pipeline trains them, fused by the same recipe."""
+    step = "leave-domain-out (no illustrations, dishes), the main job's current members"
+    return [(step, "mnv1_lodo at 160 px + WiSE-FT 0.5 (mnv1_multi_160_wise's twin)", "members/cpu/mnv1_lodo.yaml",
+             [*MNV1_160_WISE, "name=mnv1_lodo_160_wise"]),
+            (step, "mnv2_lodo (as the leave-domain-out pipeline trains it)", "members/cpu/mnv2_lodo.yaml", []),
+            (step, "lite0_lodo (as the leave-domain-out pipeline trains it)", "members/cpu/lite0_lodo.yaml", []),
+            (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
+             ["members=[mnv1_lodo_160_wise,mnv2_lodo,lite0_lodo]", "name=multi_lodo_mnv1_160_wise"])]
 
 
 def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
@@ -505,6 +518,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
            "lite2_multi_12ep_sub3_seed3 (the 0.680 member's weights)", "lite2_student_of_lite2s3_lite0", []),
           ("the same, reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)",
            "lite2_student_of_lite2s3_lite0_seed1", ["seed=1"]))],
+    *lodo_current_rows(),
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
     *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
                ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",

@@ -38,7 +38,7 @@ and the recipe with the held-out domains' images unlabelled), and its three memb
 trained with the backbone frozen (neck and head only: their backbone features are the untrained
 backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way. The main job's
 current members are trained without the two domains too (mnv1 at 160 px + WiSE-FT 0.5) and fused, and so
-are the three leave-domain-out members retrained with the other retention option, feature_kd 10.
+are the three leave-domain-out members retrained with the other retention option, feature_kd 10 and 30.
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder;
@@ -520,8 +520,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same, reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)",
            "lite2_student_of_lite2s3_lite0_seed1", ["seed=1"]))],
     *lodo_current_rows(),
-    *lodo_rows("leave-domain-out (no illustrations, dishes), feature_kd 10 members", " + feature_kd 10",
-               ["backbone.feature_kd=10"], "_fkd10"),  # retention by feature distillation instead of WiSE-FT
+    *[row for weight in (10, 30) for row in lodo_rows(  # retention by feature distillation instead of WiSE-FT
+        f"leave-domain-out (no illustrations, dishes), feature_kd {weight} members", f" + feature_kd {weight}",
+        [f"backbone.feature_kd={weight}"], f"_fkd{weight}")],
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
     *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
                ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",

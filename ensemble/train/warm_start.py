@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..config.schema import StudentCfg
 from ..device import pick_device
@@ -101,8 +101,8 @@ def _store_fit(path: Path, weight: np.ndarray, bias: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, weight=weight, bias=bias)
     atomic_write_bytes(path, buffer.getvalue())
-    atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
-        {"npz_sha1": hashlib.sha1(buffer.getvalue()).hexdigest(), "shape": list(weight.shape)}))
+    atomic_write_json(path.with_suffix(".json"),  # written last: names a finished entry
+                      {"npz_sha1": hashlib.sha1(buffer.getvalue()).hexdigest(), "shape": list(weight.shape)})
 
 
 def fit_neck(model: EmbeddingModel, paths: list[str], teacher: np.ndarray, cfg: StudentCfg,

@@ -1,7 +1,8 @@
 """GUIE-mini reducer sweep: closed-form ways to bring the three members' 3,584-d concatenation to 64-d.
 
     .venv/bin/ens pipeline configs/pipelines/multi_cpu.yaml      # first: members and embedding cache
-    .venv/bin/python bench/multi_reducer_sweep.py [--workdir runs]
+    .venv/bin/python bench/multi_reducer_sweep.py [--workdir runs] [--ensemble multi_cpu]
+    .venv/bin/python bench/multi_reducer_sweep.py --ensemble multi_lodo_cpu --leave-out dishes --leave-out illustrations
 
 The exploration behind the shipped ensemble recipe, kept so every variant tried is reproducible. It
 reads the members' pooled backbone features (flip TTA, 160 px) of multi's train, query and index
@@ -11,10 +12,14 @@ not the library's randomised PCA), and scores query vs the shared index (macro m
 Rows: PCA-k with whitening power p (eigenvalue^-p/2); signed square root of every feature before
 normalising (the fusion's `power: 0.5`); per-member PCA-128 whitening before the joint PCA-64; and
 supervised "learned whitening" (Radenovic et al. 2018: whiten the within-class covariance + lambda I,
-then keep the top 64 directions of the total covariance). The trained projections (label loss,
+then keep the top 64 directions of the total covariance); PCA of the within-domain covariance (each train
+domain centred on its own mean before the SVD, so between-domain directions do not take the 64; a test
+image is centred on the train mean as in every other row). With --leave-out the reducers see only the
+other domains' train rows (the leave-domain-out question: which 64-d map keeps a domain it never saw);
+the scores stay on all six. The trained projections (label loss,
 neighbour term) are in bench/multi_variants.py (whole recipes) and bench/multi_projection_sweep.py
 (their settings). Writes bench/results/multi_reducer_sweep.json and the "GUIE-mini reducer sweep"
-table of BENCHMARKS.md.
+table of BENCHMARKS.md (with --leave-out: multi_reducer_sweep_lodo.json and its own table).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class FitSet:
     train: np.ndarray
     labels: np.ndarray
     blocks: list[slice]
+    domains: np.ndarray
 
     @cached_property
     def pca(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,6 +84,19 @@ class FitSet:
 
 def pca_reducer(dims: int, whiten_power: float = 0.0):
     return lambda fit_set: projection(fit_set.pca, dims, whiten_power)
+
+
+def within_domain_pca(dims: int, whiten_power: float = 0.0):
+    """PCA-`dims` of the pooled within-domain covariance (each train domain minus its own mean); a projected
+    image is centred on the train mean, since a test image's domain is unknown."""
+    def fit(fit_set: FitSet):
+        within = fit_set.train.copy()
+        for domain in np.unique(fit_set.domains):
+            rows = fit_set.domains == domain
+            within[rows] -= within[rows].mean(0)
+        _, s, vt = np.linalg.svd(within, full_matrices=False)
+        return projection((fit_set.train.mean(0), vt, s ** 2 / len(within)), dims, whiten_power)
+    return fit
 
 
 def per_member_then_pca(per_member_dims: int):
@@ -126,6 +145,9 @@ VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet
     ("learned whitening (train labels), lambda 1e-3", 1.0, learned_whitening(1e-3)),
     ("learned whitening (train labels), lambda 3e-3", 1.0, learned_whitening(3e-3)),
     ("learned whitening (train labels), lambda 1e-2", 1.0, learned_whitening(1e-2)),
+    ("signed sqrt, within-domain PCA-64", 0.5, within_domain_pca(64)),
+    ("signed sqrt, within-domain PCA-64 half whitened", 0.5, within_domain_pca(64, 0.5)),
+    ("signed sqrt, within-domain PCA-64 whitened", 0.5, within_domain_pca(64, 1.0)),
 ]
 
 
@@ -151,12 +173,16 @@ def member_features(ws: Workspace, ensemble: str) -> MemberFeatures:
     return MemberFeatures(model, parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])])
 
 
-def sweep_inputs(description: str, ensemble: str = "multi_cpu") -> tuple[argparse.Namespace, MemberFeatures]:
-    """The command line of a sweep (--workdir, --ensemble, default `ensemble`) and `member_features` of that
-    ensemble."""
+def sweep_inputs(description: str, ensemble: str = "multi_cpu", leave_out: bool = False
+                 ) -> tuple[argparse.Namespace, MemberFeatures]:
+    """The command line of a sweep (--workdir, --ensemble, default `ensemble`; with `leave_out` also
+    --leave-out DOMAIN, repeatable) and `member_features` of that ensemble."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--ensemble", default=ensemble, help="its members' features are swept")
+    if leave_out:
+        parser.add_argument("--leave-out", action="append", default=[], metavar="DOMAIN",
+                            help="fit every reducer without this domain's train rows (repeatable)")
     args = parser.parse_args()
     return args, member_features(Workspace.at(args.workdir), args.ensemble)
 
@@ -168,16 +194,22 @@ def score(emb: dict, manifests: dict) -> dict:
 
 
 def main() -> None:
-    args, features = sweep_inputs(__doc__.splitlines()[0])
+    args, features = sweep_inputs(__doc__.splitlines()[0], leave_out=True)
     parts, manifests, blocks = features.parts, features.manifests, features.blocks
     model_groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
-    labels = np.asarray(manifests["train"].labels)
+    domains = np.asarray(manifests["train"].domains)
+    unknown = sorted(set(args.leave_out) - set(domains))
+    if unknown:
+        sys.exit(f"--leave-out: no train domain {', '.join(unknown)} in {DATA} "
+                 f"(it has {', '.join(sorted(set(domains)))})")
+    fit_rows = ~np.isin(domains, args.leave_out)
+    labels = np.asarray(manifests["train"].labels)[fit_rows]
     fused, fit_sets, rows = {}, {}, []
     for name, power, fit in VARIANTS:
         started = time.perf_counter()
         if power not in fused:  # the fusion's merge (power, L2 per member, concatenate), once per power
             fused[power] = {s: combine(feats, model_groups, power).astype(np.float64) for s, feats in parts.items()}
-            fit_sets[power] = FitSet(fused[power]["train"], labels, blocks)
+            fit_sets[power] = FitSet(fused[power]["train"][fit_rows], labels, blocks, domains[fit_rows])
         emb = fused[power]
         if fit is not None:
             project = fit(fit_sets[power])  # every fit sees train rows only
@@ -187,20 +219,29 @@ def main() -> None:
                      "mP@5": report["mP@5"], "per_domain": report["per_domain"],
                      "seconds": round(time.perf_counter() - started, 1)})
         print(f"{name}: macro {report['macro_mP@5']:.3f}", flush=True)
-    result = {"command": f"python bench/multi_reducer_sweep.py --ensemble {args.ensemble}", "date": str(date.today()),
-              "machine": machine(), "rows": rows}
-    record("multi_reducer_sweep", result, "GUIE-mini reducer sweep: closed-form 64-d reducers on multi", table(result))
+    flags = "".join(f" --leave-out {d}" for d in args.leave_out)
+    result = {"command": f"python bench/multi_reducer_sweep.py --ensemble {args.ensemble}{flags}",
+              "date": str(date.today()), "machine": machine(), "left_out": args.leave_out, "rows": rows}
+    if args.leave_out:
+        record("multi_reducer_sweep_lodo", result, "GUIE-mini reducer sweep, leave-domain-out: closed-form 64-d "
+               "reducers fitted without the held-out domains", table(result))
+    else:
+        record("multi_reducer_sweep", result, "GUIE-mini reducer sweep: closed-form 64-d reducers on multi",
+               table(result))
 
 
 def table(result: dict) -> str:
+    left_out = result.get("left_out") or []
+    fitted_on = (f"multi's train images without the {' and '.join(left_out)} domains (the leave-domain-out fit)"
+                 if left_out else "multi's train images only")
     return domain_table(
-        f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
-        "of `ens pipeline configs/pipelines/multi_cpu.yaml`: the three members' pooled backbone features "
-        "(flip TTA, 160 px), every reducer fitted on multi's train images only, 888 queries against the "
-        "shared index of 3,626 images. s: seconds for the row; the first row of a feature power also "
-        "fuses the features, the first PCA row of a power computes the SVD the later ones reuse.",
+        f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in a workspace "
+        "holding that ensemble (`ens pipeline configs/pipelines/multi_cpu.yaml` or `multi_lodo_cpu.yaml`, "
+        "or bench/multi_variants.py's rows): its three members' pooled backbone features (flip TTA, 160 px), "
+        f"every reducer fitted on {fitted_on}, 888 queries against the shared index of 3,626 images (all six "
+        "domains). s: seconds for the row; the first row of a feature power also fuses the features, the first "
+        "PCA row of a power computes the SVD the later ones reuse.",
         result["rows"], ["variant"])
-
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,8 @@ and the recipe with the held-out domains' images unlabelled), and its three memb
 trained with the backbone frozen (neck and head only: their backbone features are the untrained
 backbones') are fused by its recipe, concatenated and reduced by PCA-64 the same way. The main job's
 current members are trained without the two domains too (mnv1 at 160 px + WiSE-FT 0.5) and fused, and so
-are the three leave-domain-out members retrained with the other retention option, feature_kd 10 and 30.
+are the three leave-domain-out members retrained with the other retention option, feature_kd 10 and 30,
+and those runs with both options (WiSE-FT 0.5 of each feature_kd run, interpolated without training).
 Nothing here is fitted on query or index images except the rows labelled transductive.
 configs/data/multi_train_balanced.csv (a fit set) is 250 images per domain of multi/train.csv (all
 250 of smvs_dvd), drawn with random.seed(0), paths relative to its folder;
@@ -523,6 +524,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[row for weight in (10, 30) for row in lodo_rows(  # retention by feature distillation instead of WiSE-FT
         f"leave-domain-out (no illustrations, dishes), feature_kd {weight} members", f" + feature_kd {weight}",
         [f"backbone.feature_kd={weight}"], f"_fkd{weight}")],
+    *[row for weight in (10, 30) for row in lodo_rows(  # both retention terms: the feature_kd runs above, interpolated
+        f"leave-domain-out (no illustrations, dishes), feature_kd {weight} + WiSE-FT 0.5 members",
+        f" + feature_kd {weight} + WiSE-FT 0.5", [f"backbone.feature_kd={weight}", "backbone.wise_ft=0.5"],
+        f"_fkd{weight}_wise")],
     *lodo_wise_rows(0.5), *lodo_wise_rows(0.3, LODO_REDUCERS),
     *lodo_rows("leave-domain-out (no illustrations, dishes), untrained backbones (neck and head only)",
                ", backbone frozen (neck and head only: its untrained backbone)", HEAD_ONLY, "_headonly",

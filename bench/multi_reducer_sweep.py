@@ -14,12 +14,14 @@ normalising (the fusion's `power: 0.5`); per-member PCA-128 whitening before the
 supervised "learned whitening" (Radenovic et al. 2018: whiten the within-class covariance + lambda I,
 then keep the top 64 directions of the total covariance); PCA of the within-domain covariance (each train
 domain centred on its own mean before the SVD, so between-domain directions do not take the 64; a test
-image is centred on the train mean as in every other row). With --leave-out the reducers see only the
-other domains' train rows (the leave-domain-out question: which 64-d map keeps a domain it never saw);
-the scores stay on all six. The trained projections (label loss,
-neighbour term) are in bench/multi_variants.py (whole recipes) and bench/multi_projection_sweep.py
-(their settings). Writes bench/results/multi_reducer_sweep.json and the "GUIE-mini reducer sweep"
-table of BENCHMARKS.md (with --leave-out: multi_reducer_sweep_lodo.json and its own table).
+image is centred on the train mean as in every other row); and, not closed-form, the shipped learned
+projection (`fit_projection` with configs/ensemble/multi_cpu.yaml's settings) from PCA-64, as `ens fuse`
+fits it, and from the within-domain PCA-64 (plain and half whitened) as its start. With --leave-out the
+reducers see only the other domains' train rows (the leave-domain-out question: which 64-d map keeps a
+domain it never saw); the scores stay on all six. The trained projections' settings (label loss,
+neighbour term) are swept in bench/multi_projection_sweep.py, whole recipes in bench/multi_variants.py.
+Writes bench/results/multi_reducer_sweep.json and the "GUIE-mini reducer sweep"
+table of BENCHMARKS.md (with --leave-out: multi_reducer_sweep_lodo_<ensemble>.json and a table per ensemble).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,13 +44,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.load import load_data_cfg  # noqa: E402
+from ensemble.config.schema import ProjectionCfg  # noqa: E402
 from ensemble.data.manifest import read_manifest  # noqa: E402
 from ensemble.evaluate.metrics import evaluate_embeddings  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
+from ensemble.fuse.learned import fit_projection  # noqa: E402
+from ensemble.fuse.reducer import PCAReducer, fit_pca  # noqa: E402
 from ensemble.workspace.layout import Workspace  # noqa: E402
 from ensemble.workspace.resolve import ResolvedModel, resolve_model  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
+# the shipped learned projection's settings (multi_lodo_cpu.yaml has the same)
+RECIPE = ProjectionCfg(**yaml.safe_load((ROOT / "configs" / "ensemble" / "multi_cpu.yaml").read_text())["learned"])
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -86,16 +94,37 @@ def pca_reducer(dims: int, whiten_power: float = 0.0):
     return lambda fit_set: projection(fit_set.pca, dims, whiten_power)
 
 
+def within_domain_svd(fit_set: FitSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train mean, principal directions, variances) of the pooled within-domain covariance (each train
+    domain minus its own mean); a projected image is centred on the train mean, since a test image's
+    domain is unknown."""
+    within = fit_set.train.copy()
+    for domain in np.unique(fit_set.domains):
+        rows = fit_set.domains == domain
+        within[rows] -= within[rows].mean(0)
+    _, s, vt = np.linalg.svd(within, full_matrices=False)
+    return fit_set.train.mean(0), vt, s ** 2 / len(within)
+
+
 def within_domain_pca(dims: int, whiten_power: float = 0.0):
-    """PCA-`dims` of the pooled within-domain covariance (each train domain minus its own mean); a projected
-    image is centred on the train mean, since a test image's domain is unknown."""
+    return lambda fit_set: projection(within_domain_svd(fit_set), dims, whiten_power)
+
+
+def learned_recipe(start: str = "pca", whiten_power: float = 0.0):
+    """The shipped learned projection (RECIPE, seed 0, the library's fit_projection) from a PCA-64 start
+    (`start` "pca": as `ens fuse` fits it) or from the within-domain PCA-64 ("within": its directions
+    scaled by variance^(-whiten_power/2), then to unit mean norm, the scale a PCA start has)."""
     def fit(fit_set: FitSet):
-        within = fit_set.train.copy()
-        for domain in np.unique(fit_set.domains):
-            rows = fit_set.domains == domain
-            within[rows] -= within[rows].mean(0)
-        _, s, vt = np.linalg.svd(within, full_matrices=False)
-        return projection((fit_set.train.mean(0), vt, s ** 2 / len(within)), dims, whiten_power)
+        train = fit_set.train.astype(np.float32)
+        if start == "pca":
+            first = fit_pca(train, 64)
+        else:
+            mean, vt, var = within_domain_svd(fit_set)
+            rows = vt[:64] / var[:64, None] ** (whiten_power / 2)
+            rows /= np.linalg.norm(rows, axis=1).mean()
+            first = PCAReducer(mean.astype(np.float32), rows.astype(np.float32), np.ones(64), float(var.sum()))
+        learned = fit_projection(train, list(fit_set.labels), first, RECIPE)
+        return lambda x: learned.transform(x.astype(np.float32), normalize=False)
     return fit
 
 
@@ -148,6 +177,11 @@ VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet
     ("signed sqrt, within-domain PCA-64", 0.5, within_domain_pca(64)),
     ("signed sqrt, within-domain PCA-64 half whitened", 0.5, within_domain_pca(64, 0.5)),
     ("signed sqrt, within-domain PCA-64 whitened", 0.5, within_domain_pca(64, 1.0)),
+    # not closed-form: the shipped learned projection, from PCA-64 (as `ens fuse` fits it) and from two other starts
+    ("signed sqrt, the learned recipe (PCA-64 start, as ens fuse fits it)", 0.5, learned_recipe()),
+    ("signed sqrt, the learned recipe from the within-domain PCA-64", 0.5, learned_recipe("within")),
+    ("signed sqrt, the learned recipe from the within-domain PCA-64 half whitened", 0.5,
+     learned_recipe("within", 0.5)),
 ]
 
 
@@ -223,8 +257,8 @@ def main() -> None:
     result = {"command": f"python bench/multi_reducer_sweep.py --ensemble {args.ensemble}{flags}",
               "date": str(date.today()), "machine": machine(), "left_out": args.leave_out, "rows": rows}
     if args.leave_out:
-        record("multi_reducer_sweep_lodo", result, "GUIE-mini reducer sweep, leave-domain-out: closed-form 64-d "
-               "reducers fitted without the held-out domains", table(result))
+        record(f"multi_reducer_sweep_lodo_{args.ensemble}", result, f"GUIE-mini reducer sweep, leave-domain-out, "
+               f"{args.ensemble}: 64-d reducers fitted without the held-out domains", table(result))
     else:
         record("multi_reducer_sweep", result, "GUIE-mini reducer sweep: closed-form 64-d reducers on multi",
                table(result))
@@ -240,7 +274,8 @@ def table(result: dict) -> str:
         "or bench/multi_variants.py's rows): its three members' pooled backbone features (flip TTA, 160 px), "
         f"every reducer fitted on {fitted_on}, 888 queries against the shared index of 3,626 images (all six "
         "domains). s: seconds for the row; the first row of a feature power also fuses the features, the first "
-        "PCA row of a power computes the SVD the later ones reuse.",
+        "PCA row of a power computes the SVD the later ones reuse. The last three rows train the shipped learned "
+        "projection (its settings in configs/ensemble/multi_cpu.yaml, seed 0) from the start named.",
         result["rows"], ["variant"])
 
 if __name__ == "__main__":

@@ -278,5 +278,6 @@ def table(result: dict) -> str:
         "projection (its settings in configs/ensemble/multi_cpu.yaml, seed 0) from the start named.",
         result["rows"], ["variant"])
 
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ supervised "learned whitening" (Radenovic et al. 2018: whiten the within-class c
 then keep the top 64 directions of the total covariance); PCA of the within-domain covariance (each train
 domain centred on its own mean before the SVD, so between-domain directions do not take the 64; a test
 image is centred on the train mean as in every other row); and, not closed-form, the shipped learned
-projection (`fit_projection` with configs/ensemble/multi_cpu.yaml's settings) from PCA-64, as `ens fuse`
+projection (`fit_projection` with the swept ensemble's saved settings) from PCA-64, as `ens fuse`
 fits it, and from the within-domain PCA-64 (plain and half whitened) as its start. With --leave-out the
 reducers see only the other domains' train rows (the leave-domain-out question: which 64-d map keeps a
 domain it never saw); the scores stay on all six. The trained projections' settings (label loss,
@@ -35,7 +35,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,8 +53,6 @@ from ensemble.workspace.layout import Workspace  # noqa: E402
 from ensemble.workspace.resolve import ResolvedModel, resolve_model  # noqa: E402
 
 DATA = ROOT / "configs" / "data" / "multi.yaml"
-# the shipped learned projection's settings (multi_lodo_cpu.yaml has the same)
-RECIPE = ProjectionCfg(**yaml.safe_load((ROOT / "configs" / "ensemble" / "multi_cpu.yaml").read_text())["learned"])
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -84,6 +81,7 @@ class FitSet:
     labels: np.ndarray
     blocks: list[slice]
     domains: np.ndarray
+    learned: ProjectionCfg  # the swept ensemble's own learned-projection settings, as saved with it
 
     @cached_property
     def pca(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,8 +100,8 @@ def within_domain_svd(fit_set: FitSet) -> tuple[np.ndarray, np.ndarray, np.ndarr
     for domain in np.unique(fit_set.domains):
         rows = fit_set.domains == domain
         within[rows] -= within[rows].mean(0)
-    _, s, vt = np.linalg.svd(within, full_matrices=False)
-    return fit_set.train.mean(0), vt, s ** 2 / len(within)
+    _, vt, var = pca(within)  # each domain's rows sum to zero, so pca's own centring changes nothing
+    return fit_set.train.mean(0), vt, var
 
 
 def within_domain_pca(dims: int, whiten_power: float = 0.0):
@@ -111,7 +109,8 @@ def within_domain_pca(dims: int, whiten_power: float = 0.0):
 
 
 def learned_recipe(start: str = "pca", whiten_power: float = 0.0):
-    """The shipped learned projection (RECIPE, seed 0, the library's fit_projection) from a PCA-64 start
+    """The swept ensemble's learned projection (its saved `learned` settings, seed 0, the library's
+    fit_projection) from a PCA-64 start
     (`start` "pca": as `ens fuse` fits it) or from the within-domain PCA-64 ("within": its directions
     scaled by variance^(-whiten_power/2), then to unit mean norm, the scale a PCA start has)."""
     def fit(fit_set: FitSet):
@@ -123,7 +122,7 @@ def learned_recipe(start: str = "pca", whiten_power: float = 0.0):
             rows = vt[:64] / var[:64, None] ** (whiten_power / 2)
             rows /= np.linalg.norm(rows, axis=1).mean()
             first = PCAReducer(mean.astype(np.float32), rows.astype(np.float32), np.ones(64), float(var.sum()))
-        learned = fit_projection(train, list(fit_set.labels), first, RECIPE)
+        learned = fit_projection(train, list(fit_set.labels), first, fit_set.learned)
         return lambda x: learned.transform(x.astype(np.float32), normalize=False)
     return fit
 
@@ -238,12 +237,13 @@ def main() -> None:
                  f"(it has {', '.join(sorted(set(domains)))})")
     fit_rows = ~np.isin(domains, args.leave_out)
     labels = np.asarray(manifests["train"].labels)[fit_rows]
+    learned = ProjectionCfg(**features.model.ensemble.description["config"]["learned"])
     fused, fit_sets, rows = {}, {}, []
     for name, power, fit in VARIANTS:
         started = time.perf_counter()
         if power not in fused:  # the fusion's merge (power, L2 per member, concatenate), once per power
             fused[power] = {s: combine(feats, model_groups, power).astype(np.float64) for s, feats in parts.items()}
-            fit_sets[power] = FitSet(fused[power]["train"][fit_rows], labels, blocks, domains[fit_rows])
+            fit_sets[power] = FitSet(fused[power]["train"][fit_rows], labels, blocks, domains[fit_rows], learned)
         emb = fused[power]
         if fit is not None:
             project = fit(fit_sets[power])  # every fit sees train rows only
@@ -274,8 +274,8 @@ def table(result: dict) -> str:
         "or bench/multi_variants.py's rows): its three members' pooled backbone features (flip TTA, 160 px), "
         f"every reducer fitted on {fitted_on}, 888 queries against the shared index of 3,626 images (all six "
         "domains). s: seconds for the row; the first row of a feature power also fuses the features, the first "
-        "PCA row of a power computes the SVD the later ones reuse. The last three rows train the shipped learned "
-        "projection (its settings in configs/ensemble/multi_cpu.yaml, seed 0) from the start named.",
+        "PCA row of a power computes the SVD the later ones reuse. The last three rows train the ensemble's "
+        "learned projection (its settings as saved in its ensemble.yaml, seed 0) from the start named.",
         result["rows"], ["variant"])
 
 

@@ -30,7 +30,7 @@ families; average-pooled and GeM p=3), fused with the three into four- and five-
 distils the four-member one and that five-member one.
 The leave-domain-out pipeline
 (configs/pipelines/multi_lodo_cpu.yaml) runs first (its rows are listed last); its WiSE-FT rows
-take its three members with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
+take mnv1_lodo, mnv2_lodo and lite0_lodo with `backbone.wise_ft` 0.5 and 0.3 (trained with it where the plain
 members are not in the workspace, as under --only) and fuse them with its recipe (the 0.3 ones also
 without labels: PCA-64, PCA-64 whitened, and the learned projection with its neighbour term only; and,
 as diagnostics that are not leave-domain-out, fitted on all six domains' train images: the recipe, PCA-64,

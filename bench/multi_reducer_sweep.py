@@ -14,7 +14,8 @@ normalising (the fusion's `power: 0.5`); per-member PCA-128 whitening before the
 supervised "learned whitening" (Radenovic et al. 2018: whiten the within-class covariance + lambda I,
 then keep the top 64 directions of the total covariance); PCA of the within-domain covariance (each train
 domain centred on its own mean before the SVD, so between-domain directions do not take the 64; a test
-image is centred on the train mean as in every other row); and, not closed-form, the shipped learned
+image is centred on the train mean as in every other row); random orthonormal projections to 64 (three
+seeds; nothing fitted, the control for a map no domain chose); and, not closed-form, the shipped learned
 projection (`fit_projection` with the swept ensemble's saved settings) from PCA-64, as `ens fuse`
 fits it, and from the within-domain PCA-64 (plain and half whitened) as its start. With --leave-out the
 reducers see only the other domains' train rows (the leave-domain-out question: which 64-d map keeps a
@@ -108,6 +109,15 @@ def within_domain_pca(dims: int, whiten_power: float = 0.0):
     return lambda fit_set: projection(within_domain_svd(fit_set), dims, whiten_power)
 
 
+def random_projection(dims: int, seed: int):
+    """x -> x times a random orthonormal [d, dims] basis (QR of a Gaussian, numpy seed `seed`): nothing is fitted,
+    so no direction is chosen by the fit domains (the data-independent control for --leave-out)."""
+    def fit(fit_set: FitSet):
+        basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((fit_set.train.shape[1], dims)))
+        return lambda x: x @ basis
+    return fit
+
+
 def learned_recipe(start: str = "pca", whiten_power: float = 0.0):
     """The swept ensemble's learned projection (its saved `learned` settings, seed 0, the library's
     fit_projection) from a PCA-64 start
@@ -177,6 +187,8 @@ VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet
     ("signed sqrt, within-domain PCA-64 half whitened", 0.5, within_domain_pca(64, 0.5)),
     ("signed sqrt, within-domain PCA-64 whitened", 0.5, within_domain_pca(64, 1.0)),
     # not closed-form: the shipped learned projection, from PCA-64 (as `ens fuse` fits it) and from two other starts
+    *[(f"signed sqrt, random orthonormal 64-d projection (seed {seed}; nothing fitted)", 0.5,
+       random_projection(64, seed)) for seed in range(3)],
     ("signed sqrt, the learned recipe (PCA-64 start, as ens fuse fits it)", 0.5, learned_recipe()),
     ("signed sqrt, the learned recipe from the within-domain PCA-64", 0.5, learned_recipe("within")),
     ("signed sqrt, the learned recipe from the within-domain PCA-64 half whitened", 0.5,

@@ -186,9 +186,9 @@ VARIANTS = [  # (name, signed power of the member features (`power`), fit(FitSet
     ("signed sqrt, within-domain PCA-64", 0.5, within_domain_pca(64)),
     ("signed sqrt, within-domain PCA-64 half whitened", 0.5, within_domain_pca(64, 0.5)),
     ("signed sqrt, within-domain PCA-64 whitened", 0.5, within_domain_pca(64, 1.0)),
-    # not closed-form: the shipped learned projection, from PCA-64 (as `ens fuse` fits it) and from two other starts
     *[(f"signed sqrt, random orthonormal 64-d projection (seed {seed}; nothing fitted)", 0.5,
        random_projection(64, seed)) for seed in range(3)],
+    # not closed-form: the shipped learned projection, from PCA-64 (as `ens fuse` fits it) and from two other starts
     ("signed sqrt, the learned recipe (PCA-64 start, as ens fuse fits it)", 0.5, learned_recipe()),
     ("signed sqrt, the learned recipe from the within-domain PCA-64", 0.5, learned_recipe("within")),
     ("signed sqrt, the learned recipe from the within-domain PCA-64 half whitened", 0.5,

@@ -193,20 +193,18 @@ def lodo_wise_rows(weight: float, reducers: tuple[tuple[str, list[str], str], ..
 
 
 def lodo_current_rows() -> list[tuple[str, str, str, list[str]]]:
-    """Leave-domain-out with the main job's members since 2026-12-05: mnv1_lodo trained like mnv1_multi_160_wise
-    (160 px + WiSE-FT 0.5), mnv2_lodo and lite0_lodo as the pipeline trains them, fused by the same recipe, and
-    the main job's student recipe distilled from that ensemble without the two domains."""
+    """Leave-domain-out with the main job's members since 2026-12-05, as configs/pipelines/multi_lodo_cpu.yaml ships
+    them: mnv1_lodo_160_wise (mnv1_multi_160_wise's twin), mnv2_lodo and lite0_lodo, fused by the same recipe, and
+    the main job's student recipe distilled from that ensemble without the two domains (lite0_lodo_160_soup)."""
     step = "leave-domain-out (no illustrations, dishes), the main job's current members"
-    return [(step, "mnv1_lodo at 160 px + WiSE-FT 0.5 (mnv1_multi_160_wise's twin)", "members/cpu/mnv1_lodo.yaml",
-             [*MNV1_160_WISE, "name=mnv1_lodo_160_wise"]),
+    return [(step, "mnv1_lodo at 160 px + WiSE-FT 0.5 (mnv1_multi_160_wise's twin)",
+             "members/cpu/mnv1_lodo_160_wise.yaml", []),
             (step, "mnv2_lodo (as the leave-domain-out pipeline trains it)", "members/cpu/mnv2_lodo.yaml", []),
             (step, "lite0_lodo (as the leave-domain-out pipeline trains it)", "members/cpu/lite0_lodo.yaml", []),
-            (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
-             ["members=[mnv1_lodo_160_wise,mnv2_lodo,lite0_lodo]", "name=multi_lodo_mnv1_160_wise"]),
+            (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE, ["name=multi_lodo_mnv1_160_wise"]),
             (step, "student: the main job's recipe (lite0_multi_160_soup) distilled from that ensemble on the four "
-             "domains' train images, started from lite0_lodo", "distill/cpu/lite0_multi_160_soup.yaml",
-             [f"data={ROOT / 'configs' / 'data' / 'multi_lodo.yaml'}", "teacher=multi_lodo_mnv1_160_wise",
-              "backbone.init_from=lite0_lodo", "name=lite0_lodo_160_soup"])]
+             "domains' train images, started from lite0_lodo", "distill/cpu/lite0_lodo_160_soup.yaml",
+             ["teacher=multi_lodo_mnv1_160_wise", "name=lite0_lodo_160_soup"])]
 
 
 def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:

@@ -207,6 +207,19 @@ def lodo_current_rows() -> list[tuple[str, str, str, list[str]]]:
              ["teacher=multi_lodo_mnv1_160_wise", "name=lite0_lodo_160_soup"])]
 
 
+def lodo_gem_rows() -> list[tuple[str, str, str, list[str]]]:
+    """The current leave-domain-out members (lodo_current_rows) as trained, pooled by GeM p=3 where they embed
+    (eval.gem_p: no training; GeM raised illustrations in every family untrained and in the main job's members),
+    and the multi_lodo_cpu recipe fitted on them."""
+    step = "leave-domain-out (no illustrations, dishes), the main job's current members pooled by GeM p=3"
+    said = ", pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no training)"
+    rows = [(step, f"{name}{said}", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
+            for name in ("mnv1_lodo_160_wise", "mnv2_lodo", "lite0_lodo")]
+    members = ",".join(f"{name}_evalgem3" for name in ("mnv1_lodo_160_wise", "mnv2_lodo", "lite0_lodo"))
+    return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
+                    [f"members=[{members}]", "name=multi_lodo_current_gem3"])]
+
+
 def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
     """A main-job member's variant row: its weights as they are, pooled by GeM p=3 (eval.gem_p, no training)."""
     return (f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
@@ -527,6 +540,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
           ("the same, reseeded (seed 1 instead of 0: batch order and augmentation, run-to-run noise)",
            "lite2_student_of_lite2s3_lite0_seed1", ["seed=1"]))],
     *lodo_current_rows(),
+    *lodo_gem_rows(),
     *[row for weight in (10, 30) for row in lodo_rows(  # retention by feature distillation instead of WiSE-FT
         f"leave-domain-out (no illustrations, dishes), feature_kd {weight} members", f" + feature_kd {weight}",
         [f"backbone.feature_kd={weight}"], f"_fkd{weight}")],

@@ -4,7 +4,8 @@ A run with `backbone.wise_ft` trains exactly as the same recipe without it and i
 end. So where that run is already trained in the workspace, the interpolation alone writes the
 same model file: a sweep over the weight costs seconds per value instead of a training run each.
 Likewise a run whose recipe key equals a finished run's (another name, other eval settings such as
-`eval.gem_p`) takes that run's weights as they are.
+`eval.gem_p`) takes that run's weights as they are; for a WiSE-FT recipe that finished run is looked
+for first, so a copy of an interpolated member needs neither training nor its fine-tuned run.
 """
 
 from __future__ import annotations
@@ -44,11 +45,23 @@ def fine_tuned_key(key: dict) -> dict:
     return {**key, "backbone": {**key["backbone"], "wise_ft": None}}
 
 
-def find_fine_tuned(job) -> tuple[Path, dict] | None:
-    """(model file, its payload) of another run in the workspace of `job` (a TrainJob) trained by the
-    job's recipe without WiSE-FT (for a job without it: by the same recipe), or None. Only model files
-    whose config.yaml matches are loaded (a workspace may hold many large members)."""
-    want = fine_tuned_key(job.recipe_key)
+def find_fine_tuned(job) -> tuple[Path, dict, float | None] | None:
+    """(model file, its payload, the WiSE-FT weight still to apply) of another run in the workspace of
+    `job` (a TrainJob) whose weights make the job's model: one trained by the job's own recipe (taken as
+    it is: weight None), else, for a WiSE-FT job, one trained by its recipe without WiSE-FT (to
+    interpolate); or None. Only model files whose config.yaml matches are loaded (a workspace may hold
+    many large members)."""
+    weight = job.cfg.backbone.wise_ft
+    wanted = [(job.recipe_key, None)] + ([(fine_tuned_key(job.recipe_key), weight)] if weight else [])
+    for want, still in wanted:
+        found = find_run(job, want)
+        if found:
+            return (*found, still)
+    return None
+
+
+def find_run(job, want: dict) -> tuple[Path, dict] | None:
+    """(model file, its payload) of another run in the workspace of `job` trained by recipe key `want`."""
     for config in sorted(job.run_dir.parent.glob("*/config.yaml")):
         model = config.parent / MODEL_FILE
         if config.parent == job.run_dir or not model.is_file():
@@ -68,11 +81,10 @@ def find_fine_tuned(job) -> tuple[Path, dict] | None:
     return None
 
 
-def derive_wise_ft(job, source: Path, payload: dict) -> torch.nn.Module:
+def derive_wise_ft(job, source: Path, payload: dict, weight: float | None) -> torch.nn.Module:
     """The model of `job` (a TrainJob) built as training would build it (same seed, so the same
-    starting weights), loaded with the fine-tuned weights of `source`, its backbone interpolated by
-    `backbone.wise_ft` (without it: `source`'s weights as they are)."""
-    weight = job.cfg.backbone.wise_ft
+    starting weights), loaded with the weights of `source`, its backbone interpolated by WiSE-FT
+    `weight` (None: `source`'s weights as they are)."""
     if weight:
         log.info("%s %s: WiSE-FT %s of %s (the same recipe without wise_ft, already trained); no training",
                  job.kind, job.cfg.name, weight, source)

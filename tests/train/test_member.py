@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from ensemble.checkpoint import load_checkpoint
 from ensemble.config.load import load_member_cfg
 from ensemble.errors import EnsError
+from ensemble.train import member as member_mod
 from ensemble.train.data import train_data
 from ensemble.train.loop import Trainer
-from ensemble.train import member as member_mod
 from ensemble.train.member import build_member_task, evaluate_untrained, train_member
 from ensemble.workspace import Workspace, load_model_file
 from tests.conftest import tiny_recipe
@@ -79,7 +79,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, coil_data, monke
 def test_rerun_with_another_recipe_is_refused(tmp_path, coil_data):
     recipe = tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}")
     train_member(load_member_cfg(recipe), tmp_path / "runs")
-    with pytest.raises(EnsError, match=r"best.pt: checkpoint was written by a different recipe \(optim.lr: 0.01 -> 0.5\)"):
+    with pytest.raises(EnsError,
+                       match=r"best.pt: checkpoint was written by a different recipe \(optim.lr: 0.01 -> 0.5\)"):
         train_member(load_member_cfg(recipe, ["optim.lr=0.5"]), tmp_path / "runs")
 
 
@@ -259,6 +260,11 @@ def test_wise_ft_of_an_already_trained_run_interpolates_it_without_training(tmp_
     assert (tmp_path / "a" / "members" / "tiny_wise" / "config.yaml").is_file()
     records = (tmp_path / "a" / "members" / "tiny_wise" / "metrics.jsonl").read_text()
     assert records and records == (tmp_path / "a" / "members" / "tiny" / "metrics.jsonl").read_text()
+    copy = load_member_cfg(recipe, [*sets, "backbone.wise_ft=0.25", "name=tiny_wise_copy"])
+    train_member(copy, tmp_path / "b")  # no fine-tuned run there, but the interpolated run of this recipe
+    copied = load_model_file(tmp_path / "b" / "members" / "tiny_wise_copy" / "best.pt")
+    for key, value in trained.model.state_dict().items():  # its weights as they are, not interpolated again
+        assert torch.equal(copied.model.state_dict()[key], value), key
     other = load_member_cfg(recipe, [*sets, "backbone.wise_ft=0.25", "optim.lr=0.5", "name=tiny_wise_lr"])
     with pytest.raises(Killed):  # another recipe underneath: no fine-tuned run to reuse, so it trains
         train_member(other, tmp_path / "a")

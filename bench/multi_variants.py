@@ -408,6 +408,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, a third seed, pooled by GeM p=3 where "
      "it embeds: the shipped lite2_multi_long recipe at seed 4", LITE2_LONG,
      ["seed=4", "name=lite2_multi_12ep_sub3_seed4_evalgem3"]),
+    ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, a fourth seed, pooled by GeM p=3 where "
+     "it embeds: the shipped lite2_multi_long recipe at seed 5", LITE2_LONG,
+     ["seed=5", "name=lite2_multi_12ep_sub3_seed5_evalgem3"]),
     (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
     (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",

@@ -30,7 +30,7 @@ from ..workspace.layout import MODEL_FILE
 from .data import loader_factory
 from .loop import RunSpec, Trainer
 from .rundir import check_recipe, check_resume_recipe
-from .wise_ft import derive_wise_ft, find_fine_tuned, inherit_records, interpolate, snapshot
+from .wise_ft import derive_from_run, find_source_run, inherit_records, interpolate, snapshot
 
 log = logging.getLogger("ensemble")
 
@@ -84,9 +84,9 @@ def run_training(job: TrainJob) -> bool:
     check_resume_recipe(job.run_dir, job.kind, job.recipe_key)  # before config.yaml is overwritten
     if w.main:
         atomic_write_text(job.run_dir / "config.yaml", dump_cfg(cfg))
-    found = find_fine_tuned(job)
+    found = find_source_run(job)
     if found:
-        model = derive_wise_ft(job, *found)
+        model = derive_from_run(job, *found)
         if w.main:
             inherit_records(found[0], job.run_dir)
         return save_trained(job, model, found[1].get("failed_images") or {})

@@ -45,7 +45,7 @@ def fine_tuned_key(key: dict) -> dict:
     return {**key, "backbone": {**key["backbone"], "wise_ft": None}}
 
 
-def find_fine_tuned(job) -> tuple[Path, dict, float | None] | None:
+def find_source_run(job) -> tuple[Path, dict, float | None] | None:
     """(model file, its payload, the WiSE-FT weight still to apply) of another run in the workspace of
     `job` (a TrainJob) whose weights make the job's model: one trained by the job's own recipe (taken as
     it is: weight None), else, for a WiSE-FT job, one trained by its recipe without WiSE-FT (to
@@ -81,7 +81,7 @@ def find_run(job, want: dict) -> tuple[Path, dict] | None:
     return None
 
 
-def derive_wise_ft(job, source: Path, payload: dict, weight: float | None) -> torch.nn.Module:
+def derive_from_run(job, source: Path, payload: dict, weight: float | None) -> torch.nn.Module:
     """The model of `job` (a TrainJob) built as training would build it (same seed, so the same
     starting weights), loaded with the weights of `source`, its backbone interpolated by WiSE-FT
     `weight` (None: `source`'s weights as they are)."""

@@ -212,18 +212,16 @@ def lodo_gem_rows() -> list[tuple[str, str, str, list[str]]]:
     (eval.gem_p: no training; GeM raised illustrations in every family untrained and in the main job's members),
     and the multi_lodo_cpu recipe fitted on them."""
     step = "leave-domain-out (no illustrations, dishes), the main job's current members pooled by GeM p=3"
-    said = ", pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no training)"
-    rows = [(step, f"{name}{said}", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
-            for name in ("mnv1_lodo_160_wise", "mnv2_lodo", "lite0_lodo")]
-    members = ",".join(f"{name}_evalgem3" for name in ("mnv1_lodo_160_wise", "mnv2_lodo", "lite0_lodo"))
+    rows = [gem_row(step, name) for name in ("mnv1_lodo_160_wise", "mnv2_lodo", "lite0_lodo")]
+    members = ",".join(variant_name(recipe, sets) for _, _, recipe, sets in rows)
     return [*rows, (step, "ensemble of the three (multi_lodo_cpu recipe)", LODO_ENSEMBLE,
                     [f"members=[{members}]", "name=multi_lodo_current_gem3"])]
 
 
-def main_job_gem_row(family: str, name: str) -> tuple[str, str, str, list[str]]:
-    """A main-job member's variant row: its weights as they are, pooled by GeM p=3 (eval.gem_p, no training)."""
-    return (f"member ({family})", f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no "
-            "training)", f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
+def gem_row(step: str, name: str) -> tuple[str, str, str, list[str]]:
+    """The shipped member recipe `name` as trained, pooled by GeM p=3 where it embeds (eval.gem_p, no training)."""
+    return (step, f"{name}, pooled by GeM p=3 where it embeds (eval.gem_p: the same weights, no training)",
+            f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
 SIX_TRAIN = load_data_cfg(str(DATA)).train  # multi's train images, all six domains (its data config's)
@@ -338,10 +336,10 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
      ["optim.ema_decay=0.998", "name=mnv1_multi_ema"]),
     *[("member (MobileNet-v1)", f"retention: backbone lr x{scale} of the head's instead of x0.1", MEMBER,
        [f"optim.backbone_lr_scale={scale}", f"name=mnv1_multi_blr{scale}"]) for scale in (0.05, 0.03)],
-    main_job_gem_row("MobileNet-v1", "mnv1_multi"), main_job_gem_row("MobileNet-v2", "mnv2_multi"),
+    gem_row("member (MobileNet-v1)", "mnv1_multi"), gem_row("member (MobileNet-v2)", "mnv2_multi"),
     ("member (EfficientNet-Lite0)", "recipe (lite0_multi): 128 px, 1 epoch head + 2 epochs all",
      "members/cpu/lite0_multi.yaml", []),
-    main_job_gem_row("EfficientNet-Lite0", "lite0_multi"),
+    gem_row("member (EfficientNet-Lite0)", "lite0_multi"),
     ("member (EfficientNet-Lite0)", "longer (lite0_multi_long): 160 px, 1 epoch head + 6 epochs all",
      "members/cpu/lite0_multi_long.yaml", []),
     ("member (EfficientNet-Lite0)", "longer still: 160 px, 1 epoch head + 12 epochs all",

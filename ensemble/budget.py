@@ -8,13 +8,14 @@ weights. Projection: images x FLOPs / (peak x utilisation).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config.load import load_member_cfg, load_student_cfg, read_yaml
+from .config.load import load_member_cfg, load_student_cfg, read_yaml, validate
+from .config.schema import TTACfg
 from .device import pick_device
 from .errors import EnsError
 from .models.member import build_member_model
@@ -46,43 +47,53 @@ def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
     """(GFLOPs of one forward pass, image size) of a member/student recipe, built on the meta device."""
     model = build_member_model(cfg, load_weights=False, device="meta").eval()
     size = size_px or cfg.eval.image_size or model.backbone.image_size
+    if size != model.backbone.image_size and model.backbone.fixed_size:
+        raise EnsError(f"{cfg.name}: {size} px, but this ViT takes only its training size "
+                       f"{model.backbone.image_size} px (positional embedding)")
     x = torch.empty(1, 3, size, size, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / 1e9, size
 
 
-def branch_of(cfg, size_px: int | None = None) -> Branch:
-    gflops, size = count_gflops(cfg, size_px)
-    return Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, gflops)
+def branches_of(cfg, extra_sizes_px: list[int] | None = None) -> list[Branch]:
+    """One branch per size a member/student recipe embeds at: its eval size, its eval.extra_sizes, then
+    `extra_sizes_px` (an ensemble's TTA sizes), each once."""
+    base, size = count_gflops(cfg)
+    out = [Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, base)]
+    for extra in dict.fromkeys([*cfg.eval.extra_sizes, *(extra_sizes_px or [])]):
+        if extra != size:
+            out.append(replace(out[0], size_px=extra, gflops=count_gflops(cfg, extra)[0]))
+    return out
 
 
 def recipe_branches(spec: str, recipes: str | Path = "members") -> tuple[str, list[Branch]]:
     """What a recipe or ensemble config runs per image (no weights needed)."""
     raw = read_yaml(spec)
     if "members" in raw:  # an ensemble config: members are recipe names under `recipes`
-        flip = (raw.get("tta") or {}).get("flip", True)
+        tta = validate(TTACfg, raw.get("tta") or {}, f"{spec}: tta")
         out = []
         for name in raw["members"]:
             path = Path(recipes) / f"{name}.yaml"
             if not path.is_file():
                 raise EnsError(f"{spec}: member {name!r}: recipe not found at {path} (see --recipes)")
             cfg = load_member_cfg(path)
-            cfg.eval.flip_tta = bool(flip)
-            out.append(branch_of(cfg))
+            cfg.eval.flip_tta = tta.flip
+            out.extend(branches_of(cfg, tta.extra_sizes))
         return Path(spec).stem, out
     loader = load_student_cfg if "teacher" in raw or "loss" in raw else load_member_cfg
     cfg = loader(spec)
-    return cfg.name, [branch_of(cfg)]
+    return cfg.name, branches_of(cfg)
 
 
 def model_branches(model: ResolvedModel) -> list[Branch]:
-    """One branch per model file of a resolved MODEL, at the size its file says it embeds at."""
+    """One branch per model file of a resolved MODEL and size it embeds at, as its file says."""
     out = []
     for part in model.parts:
         cfg = part.file.cfg.model_copy(deep=True)
         cfg.eval.flip_tta = model.tta.flip
-        out.append(branch_of(cfg, part.embedder.size_px))
+        cfg.eval.image_size = part.embedder.size_px
+        out.extend(branches_of(cfg, list(model.tta.extra_sizes)))
     return out
 
 
@@ -97,7 +108,8 @@ def time_module(module, device: torch.device, batch: int = 8, seconds: float = 1
             done += batch
         if device.type == "cuda":
             torch.cuda.synchronize()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
+    cpu_name = f"{device.type} ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name
     return done / (time.perf_counter() - started), name
 
 

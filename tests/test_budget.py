@@ -51,3 +51,25 @@ def test_budget_cli_errors_and_gpu_filter(tmp_path):
     assert out.exit_code == 2 and "member 'h14_224': recipe not found" in out.output
     with pytest.raises(EnsError, match="--utilization 1.5"):
         budget(str(ROOT / "distill/h14_student.yaml"), "runs", utilization=1.5)
+
+
+def test_every_size_a_model_embeds_at_is_costed(tmp_path):
+    """A member's eval.extra_sizes and an ensemble's tta.extra_sizes each add a pass at that size; a size
+    already costed is not counted twice; a bad tta entry is one line naming the file."""
+    recipes = tmp_path / "members"
+    recipes.mkdir()
+    (recipes / "cnn.yaml").write_text(f"data: {ROOT / 'configs/data/sample.yaml'}\nbackbone: {{source: timm, "
+                                      "arch: mobilenetv1_100, pretrained: null, image_size: 160}\n"
+                                      "eval: {extra_sizes: [192]}\n")
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text("members: [cnn]\ntta: {flip: false, extra_sizes: [192]}\n")
+    one = budget(str(cfg), "runs", recipes=recipes)
+    assert [(b["size_px"], b["passes"]) for b in one["branches"]] == [(160, 1), (192, 1)]
+    cfg.write_text("members: [cnn]\ntta: {flip: true, extra_sizes: [224]}\n")
+    three = budget(str(cfg), "runs", recipes=recipes)
+    assert [(b["size_px"], b["passes"]) for b in three["branches"]] == [(160, 2), (192, 2), (224, 2)]
+    per_pass = [b["gflops"] for b in three["branches"]]
+    assert per_pass[0] < per_pass[1] < per_pass[2] and three["gflops_per_image"] == pytest.approx(2 * sum(per_pass))
+    cfg.write_text("members: [cnn]\ntta: {extra_sizes: [-5]}\n")
+    with pytest.raises(EnsError, match=r"ens.yaml: tta: key 'extra_sizes.0': Input should be greater than 0"):
+        budget(str(cfg), "runs", recipes=recipes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.load import load_student_cfg
-from ..evaluate.report import score_text
+from ..evaluate.report import score_text, sizes_text
 from ..train.plan import format_plan, plan
 from ..train.student import distill
 
@@ -25,7 +25,7 @@ def format_result(result: dict) -> str:
         return f"student {result['name']}: trained (eval disabled)"
     r = result["student"]
     domains = sorted(r.get("per_domain", {}))
-    return (f"student {result['name']} (teacher ensemble {result['teacher']}, {result['eval_image_size']} px, "
+    return (f"student {result['name']} (teacher ensemble {result['teacher']}, {sizes_text(result)}, "
             f"flip TTA: {result['flip_tta']}): mP@5 {r['mP@5']:.3f}, recall@1 {r['recall@1']:.3f}"
             + (f", macro mP@5 {r['macro_mP@5']:.3f}" if r.get("macro_mP@5") is not None else "")
             + "".join(f", {d} {score_text(r['per_domain'][d])}" for d in domains))

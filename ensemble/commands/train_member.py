@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.load import load_member_cfg
-from ..evaluate.report import score_text
+from ..evaluate.report import score_text, sizes_text
 from ..train.member import train_member
 from ..train.plan import format_plan, plan
 
@@ -29,7 +29,7 @@ def format_result(result: dict) -> str:
     domains = sorted(result["trained"]["neck"].get("per_domain", {}))
     macro = ["macro mP@5"] if "macro_mP@5" in result["trained"]["neck"] else []
     lines = [f"member {result['name']} (query vs index, flip TTA: {result['flip_tta']}, "
-             f"{result['eval_image_size']} px)",
+             f"{sizes_text(result)})",
              "| features | mP@5 | recall@1 | " + " | ".join(macro + domains) + " |",
              "|---|---|---|" + "---|" * len(macro + domains)]
     for name, r in rows:

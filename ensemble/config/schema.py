@@ -169,6 +169,9 @@ class EvalCfg(Strict):
     features: Literal["neck", "backbone"] = "neck"
     image_size: PositiveInt | None = Field(None, le=MAX_IMAGE_PX)  # None: the backbone's image size
     flip_tta: bool = True
+    # multi-scale TTA: the model also embeds at these square sizes and averages the L2-normalised
+    # features over every size (and flip) wherever it embeds, export included. Not part of the recipe key
+    extra_sizes: list[Annotated[int, Field(gt=0, le=MAX_IMAGE_PX)]] = Field(default_factory=list)
     batch_size: PositiveInt = 64
     # GeM pooling with this p wherever the trained model embeds (eval, embed, fuse, distillation targets,
     # export), whatever pooled it in training: a model trained with average pooling can retrieve better

@@ -14,23 +14,32 @@ from .extract import Embedder
 
 def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, features: str, device: torch.device,
                    size_px: int | None = None, channels_last: bool = False, normalize: bool = True,
-                   precision: str = "fp32") -> Embedder:
-    """An Embedder running `model.embed(x, features)` on `device`, at `size_px` (default: training size),
-    under `precision`'s autocast (the recipe's eval.precision).
+                   precision: str = "fp32", extra_sizes: tuple[int, ...] = ()) -> Embedder:
+    """An Embedder running `model.embed(x, features)` on `device`, at `size_px` (default: training size)
+    and at each of `extra_sizes` (features averaged: the recipe's eval.extra_sizes), under `precision`'s
+    autocast (the recipe's eval.precision).
 
     key: identity for caches (the model file's sha1; other than fp32, the precision is part of it);
     normalize=False gives raw features (e.g. to fit a layer on them).
     """
     if features not in FEATURES:
         raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
-    if size_px and size_px != model.backbone.image_size and model.backbone.fixed_size:
+    size_px = size_px or model.backbone.image_size
+    if size_px != model.backbone.image_size and model.backbone.fixed_size:
         raise EnsError(f"{name}: eval.image_size {size_px} px, but this ViT takes only its training size "
                        f"{model.backbone.image_size} px (positional embedding); leave eval.image_size unset")
+    if len(set(extra_sizes) | {size_px}) != len(extra_sizes) + 1:
+        raise EnsError(f"{name}: eval.extra_sizes {list(extra_sizes)} repeats a size (the eval size is "
+                       f"{size_px} px); each size is embedded once")
+    if extra_sizes and model.backbone.fixed_size:
+        raise EnsError(f"{name}: eval.extra_sizes {list(extra_sizes)}, but this ViT takes only its training size "
+                       f"{model.backbone.image_size} px (positional embedding); leave eval.extra_sizes empty")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).eval()
     dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}
     out_dim = dims["neck"] + dims["backbone"] if features == "both" else dims[features]
-    key = f"{key}:{features}" + ("" if precision == "fp32" else f":{precision}")
-    return Embedder(name, key, arch, size_px or model.backbone.image_size, model.backbone.mean,
-                    model.backbone.std, out_dim, partial(model.embed, features=features, normalize=normalize),
-                    channels_last, autocast_dtype(device, precision))
+    key = (f"{key}:{features}" + ("" if precision == "fp32" else f":{precision}")
+           + (f":sizes={size_px},{','.join(map(str, extra_sizes))}" if extra_sizes else ""))
+    return Embedder(name, key, arch, size_px, model.backbone.mean, model.backbone.std, out_dim,
+                    partial(model.embed, features=features, normalize=normalize), channels_last,
+                    autocast_dtype(device, precision), tuple(extra_sizes), model.backbone.fixed_size)

@@ -19,6 +19,7 @@ from ..data.augment import to_uint8_tensor
 from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..device import limit_worker_threads, memory_format
 from ..distributed import gather_rows, world
+from ..errors import EnsError
 from ..models.preprocess import Preprocess
 from ..progress import label
 
@@ -37,6 +38,8 @@ class Embedder:
     fn: Callable[[torch.Tensor], torch.Tensor]
     channels_last: bool = False
     autocast: torch.dtype | None = None  # None: fp32
+    extra_sizes: tuple[int, ...] = ()  # the model's own multi-scale TTA (its recipe's eval.extra_sizes)
+    fixed_size: bool = False  # a ViT whose positional embedding takes only size_px
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a preprocessed batch, in float32 (computed under the embedder's autocast)."""
@@ -45,8 +48,13 @@ class Embedder:
             return self.fn(images).float()
 
     def views(self, sizes: list[int] | None = None) -> list[tuple]:
-        """Preprocessing specs this model needs: its size plus any extra TTA sizes."""
-        return [(int(s), tuple(self.mean), tuple(self.std)) for s in [self.size_px, *(sizes or [])]]
+        """Preprocessing specs this model needs: its size, its own extra sizes, then the run's extra TTA
+        sizes (`sizes`), each once."""
+        every = dict.fromkeys(int(s) for s in [self.size_px, *self.extra_sizes, *(sizes or [])])
+        if self.fixed_size and len(every) > 1:
+            raise EnsError(f"{self.name}: TTA sizes {list(every)[1:]}, but this ViT takes only its training size "
+                           f"{self.size_px} px (positional embedding); leave the TTA's extra_sizes empty")
+        return [(s, tuple(self.mean), tuple(self.std)) for s in every]
 
 
 @dataclass(frozen=True)

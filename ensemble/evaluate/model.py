@@ -27,7 +27,8 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
     query, index = read_manifest(data.query), read_manifest(data.index)
     device = pick_device(cfg.device)
     emb = model_embedder(model, cfg.name, "eval", cfg.backbone.arch, "both", device, cfg.eval.image_size,
-                         cfg.backbone.channels_last, precision=cfg.eval.precision)
+                         cfg.backbone.channels_last, precision=cfg.eval.precision,
+                         extra_sizes=tuple(cfg.eval.extra_sizes))
     blocks = {emb.name: [model.out_dim, model.backbone.out_dim]}
     q, i = (extract_many([emb], m.paths, device, TTA(flip=cfg.eval.flip_tta), cfg.eval.batch_size,
                          cfg.loader.workers, cfg.loader.max_fail_ratio, f"embed {name}", blocks)[0]
@@ -39,7 +40,7 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
 
 def eval_key(cfg: MemberCfg, model_path: Path) -> dict:
     """What an eval result depends on: eval settings, the query/index manifests, the model file."""
-    return {**_eval_inputs(cfg, cfg.eval.model_dump(mode="json")), "model_sha1": file_sha1(model_path)}
+    return {**_eval_inputs(cfg, _settings(cfg)), "model_sha1": file_sha1(model_path)}
 
 
 def untrained_key(cfg: MemberCfg) -> dict:
@@ -47,8 +48,13 @@ def untrained_key(cfg: MemberCfg) -> dict:
     manifests, the backbone config and its weights file."""
     weights = cfg.backbone.pretrained
     sha1 = file_sha1(weights) if weights and Path(weights).is_file() else None
-    return {**_eval_inputs(cfg, cfg.eval.model_dump(mode="json", exclude={"enabled"})),
+    return {**_eval_inputs(cfg, _settings(cfg, exclude={"enabled"})),
             "backbone": cfg.backbone.model_dump(mode="json"), "weights_sha1": sha1}
+
+
+def _settings(cfg: MemberCfg, exclude: set[str] = frozenset()) -> dict:
+    # no extra sizes keeps the key of results cached before eval.extra_sizes existed
+    return cfg.eval.model_dump(mode="json", exclude={*exclude, *(() if cfg.eval.extra_sizes else ("extra_sizes",))})
 
 
 def _eval_inputs(cfg: MemberCfg, settings: dict) -> dict:

@@ -16,6 +16,11 @@ def score_text(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def sizes_text(result: dict) -> str:
+    """The sizes an eval result embedded at: "260 px", or "260+300 px" with multi-scale TTA."""
+    return "+".join(map(str, [result["eval_image_size"], *result.get("eval_extra_sizes", [])])) + " px"
+
+
 def markdown_table(reports: list[dict], k: int = 5) -> str:
     """One row per report: model, dim, mP@k, recall@1, mAP@100, then mP@k per domain."""
     domains = sorted({d for r in reports for d in r.get("per_domain", {})})

@@ -69,24 +69,28 @@ class FusionHead(nn.Module):
 
 
 class MemberBranch(nn.Module):
-    """uint8 images -> one model's L2-normalised feature (neck or pooled backbone), flip-averaged.
+    """uint8 images -> one model's L2-normalised feature (neck or pooled backbone), averaged over flips and
+    over its sizes (multi-scale TTA: the first is its eval size), as extraction averages them.
     The model computes in its weights' dtype (`dtype`: float32, or half for a GPU deployment); resize,
     normalisation and the feature come out in float32."""
 
-    def __init__(self, model: EmbeddingModel, features: str, size_px: int, mean, std, flip: bool,
+    def __init__(self, model: EmbeddingModel, features: str, sizes_px: list[int], mean, std, flip: bool,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.preprocess = Preprocess(size_px, mean, std)
+        self.preprocess = nn.ModuleList(Preprocess(size, mean, std) for size in sizes_px)
         self.model, self.features, self.flip, self.dtype = model, features, flip, dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)
-        if self.dtype != torch.float32:
-            x = x.to(self.dtype)
-        feats = self.model.embed(x, self.features)
-        if self.flip:
-            feats = F.normalize(feats + self.model.embed(x.flip(-1), self.features), dim=-1)
-        return feats
+        total = None
+        for preprocess in self.preprocess:
+            x = preprocess(images)
+            if self.dtype != torch.float32:
+                x = x.to(self.dtype)
+            feats = self.model.embed(x, self.features)
+            if self.flip:
+                feats = feats + self.model.embed(x.flip(-1), self.features)
+            total = feats if total is None else total + feats
+        return F.normalize(total, dim=-1) if self.flip or len(self.preprocess) > 1 else total
 
 
 class EmbeddingGraph(nn.Module):

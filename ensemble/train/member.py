@@ -69,6 +69,7 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
         file = load_model_file(run_dir / MODEL_FILE)
         result = {"name": cfg.name, "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size,
                   "train_images_unreadable": len(file.failed_images),
+                  "eval_extra_sizes": list(cfg.eval.extra_sizes),
                   "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
         result["untrained_backbone"] = evaluate_untrained(cfg, run_dir)
         return result

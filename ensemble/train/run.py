@@ -55,17 +55,17 @@ class TrainJob:
         return self.run_dir / MODEL_FILE
 
 
-EMBEDS_WITH = ("gem_p", "precision")  # eval keys the model file fixes for every consumer
+EMBEDS_WITH = ("image_size", "extra_sizes", "gem_p", "precision")  # eval keys the model file fixes for every consumer
 
 
 def reuse_trained(job: TrainJob) -> bool:
     """True when the job's model file exists (refused if another recipe wrote it, or if it embeds
-    with another `eval.gem_p` or `eval.precision`: the model file keeps what every consumer uses)."""
+    with other `eval` sizes, `gem_p` or `precision`: the model file keeps what every consumer uses)."""
     payload = check_recipe(job.model_path, f"{job.kind}_model", job.recipe_key)
     if payload is None:
         return False
     for key in EMBEDS_WITH:  # a file saved before the key existed embeds with its default
-        saved = payload["config"]["eval"].get(key, EvalCfg.model_fields[key].default)
+        saved = payload["config"]["eval"].get(key, EvalCfg.model_fields[key].get_default(call_default_factory=True))
         asked = getattr(job.cfg.eval, key)
         if saved != asked:
             raise EnsError(f"{job.kind} {job.cfg.name}: its model file embeds with eval.{key} {saved}, the recipe "

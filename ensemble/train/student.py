@@ -181,6 +181,7 @@ def evaluate_student(cfg: StudentCfg, run_dir: Path) -> dict:
         file = load_model_file(run_dir / MODEL_FILE, kind="student_model")
         return {"name": cfg.name, "teacher": file.extra["teacher"]["ensemble"],
                 "eval_image_size": cfg.eval.image_size or file.model.backbone.image_size,
+                "eval_extra_sizes": list(cfg.eval.extra_sizes),
                 "flip_tta": cfg.eval.flip_tta, "student": evaluate_model(file.model, cfg)["neck"]}
 
     return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)

@@ -122,16 +122,17 @@ class ResolvedModel:
         the graph."""
         if self.exported is not None:
             raise EnsError(f"MODEL {self.exported}: already an exported file")
-        if self.tta.extra_sizes:
-            raise EnsError(f"{self.name}: export supports flip TTA only, not extra sizes {list(self.tta.extra_sizes)}")
-        branches = [MemberBranch(p.file.model.cpu().to(dtype).eval(), p.features, p.embedder.size_px,
+        extra = list(self.tta.extra_sizes)
+        branches = [MemberBranch(p.file.model.cpu().to(dtype).eval(), p.features,
+                                 [spec[0] for spec in p.embedder.views(extra)],
                                  p.embedder.mean, p.embedder.std, self.tta.flip, dtype) for p in self.parts]
         return EmbeddingGraph(branches, self.head).eval()
 
 
 def _part(file: ModelFile, name: str, features: str, device: torch.device) -> Part:
     emb = model_embedder(file.model, name, file.sha1, file.arch, features, device, size_px=file.cfg.eval.image_size,
-                         channels_last=file.cfg.backbone.channels_last, precision=file.cfg.eval.precision)
+                         channels_last=file.cfg.backbone.channels_last, precision=file.cfg.eval.precision,
+                         extra_sizes=tuple(file.cfg.eval.extra_sizes))
     return Part(file, features, emb)
 
 

@@ -9,7 +9,9 @@ import ensemble.data.dataset as dataset_module
 import ensemble.embed.cache as cache_module
 from ensemble.data.manifest import read_manifest
 from ensemble.embed.cache import embed_manifest
-from ensemble.embed.extract import TTA, extract_many
+from ensemble.embed.embedder import model_embedder
+from ensemble.embed.extract import TTA, Embedder, extract_many
+from ensemble.errors import EnsError
 from ensemble.workspace.layout import Workspace
 from ensemble.workspace.resolve import load_members
 
@@ -136,3 +138,41 @@ def test_unknown_member_is_one_line_error(trained_workspace):
 
     with pytest.raises(EnsError, match="member 'nobody': no trained model at"):
         load_member_embedder(trained_workspace, "nobody", "neck", torch.device("cpu"))
+
+
+def size_aware_embedder():
+    """A stand-in model whose features depend on the pixels and on the size it is given."""
+    def fn(x):
+        return torch.stack([x.mean((1, 2, 3)), x[:, 0].mean((1, 2)), x[:, :, : x.shape[2] // 2].mean((1, 2, 3)),
+                            torch.full((len(x),), x.shape[-1] / 32.0)], 1)
+    return Embedder("fake", "fake", "fake", 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 4, fn)
+
+
+def test_a_models_own_extra_sizes_average_its_features_over_every_size(trained_workspace):
+    """eval.extra_sizes (Embedder.extra_sizes): the L2-normalised features at each size, summed, normalised;
+    the run's TTA sizes add to them without embedding a size twice."""
+    cpu, paths = torch.device("cpu"), read_manifest(trained_workspace.parent / "query.csv").paths
+    base = size_aware_embedder()
+    multi = dataclasses.replace(base, extra_sizes=(48,))
+    at_32, at_48, both = (extract_many([e], paths, cpu, TTA(flip=False), workers=0, jpeg_draft=False)[0]
+                          for e in (base, dataclasses.replace(base, size_px=48), multi))
+    expected = (at_32 + at_48) / np.linalg.norm(at_32 + at_48, axis=1, keepdims=True)
+    assert not np.allclose(at_32, at_48, atol=1e-3)
+    assert np.allclose(both, expected, atol=1e-5)
+    assert [v[0] for v in multi.views([48, 64])] == [32, 48, 64]
+    again = extract_many([multi], paths, cpu, TTA(flip=False, extra_sizes=(48,)), workers=0, jpeg_draft=False)[0]
+    assert np.allclose(again, both, atol=1e-6)  # 48 px once, not twice
+
+
+def test_extra_sizes_are_refused_for_a_fixed_size_vit_and_when_a_size_repeats(trained_workspace):
+    cpu = torch.device("cpu")
+    file = load_members(Workspace(trained_workspace), ["vit_a"], "neck", cpu)[0].file
+    with pytest.raises(EnsError, match=r"vit_a: eval.extra_sizes \[32\] repeats a size \(the eval size is 32 px\)"):
+        model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu, extra_sizes=(32,))
+    with pytest.raises(EnsError, match=r"vit_a: eval.extra_sizes \[48\], but this ViT takes only its training size "
+                                       r"32 px \(positional embedding\); leave eval.extra_sizes empty"):
+        model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu, extra_sizes=(48,))
+    emb = model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu)
+    assert emb.key == "k:neck" and emb.extra_sizes == ()  # no extra sizes: the cache key as before
+    with pytest.raises(EnsError, match=r"vit_a: TTA sizes \[48\], but this ViT takes only its training size 32 px"):
+        extract_many([emb], [], cpu, TTA(flip=True, extra_sizes=(32, 48)), workers=0)  # an ensemble's tta

@@ -384,3 +384,40 @@ def test_untrained_score_is_kept_until_its_inputs_change(tmp_path, coil_data, mo
     assert evaluate_untrained(cfg, tmp_path) == first and not calls
     cfg.eval.flip_tta = not cfg.eval.flip_tta
     assert evaluate_untrained(cfg, tmp_path) == {"mP@5": -1.0} and calls == [1]
+
+
+def test_multi_scale_eval_reuses_the_weights_embeds_at_every_size_and_exports_it(tmp_path, coil_data, monkeypatch):
+    """eval.extra_sizes is not part of the recipe: a copy under another name takes the trained weights;
+    every consumer embeds at each size (ens eval, the budget's branches, the exported file, which export
+    checks against the package), and the same name with other sizes is refused."""
+    from ensemble.budget import model_branches
+    from ensemble.data.manifest import read_manifest
+    from ensemble.deploy.export import export
+    from ensemble.embed.extract import TTA
+    from ensemble.workspace import resolve_model
+
+    sets = ["backbone.source=timm", "backbone.arch=mobilenetv1_100", "backbone.image_size=32", "eval.enabled=false",
+            "stages=[{train: [all], epochs: 1}]"]
+    recipe = tiny_recipe(tmp_path, coil_data, name="one")
+    runs = tmp_path / "runs"
+    train_member(load_member_cfg(recipe, sets), runs)
+    monkeypatch.setattr(Trainer, "fit", lambda self: (_ for _ in ()).throw(Killed("trained")))
+    train_member(load_member_cfg(recipe, [*sets, "eval.extra_sizes=[48]", "name=multi"]), runs)
+    train_member(load_member_cfg(recipe, [*sets, "eval.image_size=48", "name=big"]), runs)
+    query, ws = read_manifest(coil_data.parent / "query.csv"), Workspace(runs)
+    one, multi, big = (resolve_model(name, runs) for name in ("one", "multi", "big"))
+    at_32, both, at_48 = (m.embed(query, ws, TTA(flip=False), workers=0, cache=False) for m in (one, multi, big))
+    assert np.abs(at_32 - at_48).max() > 1e-2  # 48 px embeds otherwise
+    # (each call's convolutions differ by up to about 2e-4 here: oneDNN picks kernels by batch and size)
+    assert np.allclose(both, (at_32 + at_48) / np.linalg.norm(at_32 + at_48, axis=1, keepdims=True), atol=1e-3)
+    assert [(br.size_px, br.passes) for br in model_branches(multi)] == [(32, 2), (48, 2)]
+    small, large = model_branches(multi)
+    assert 2 < large.gflops / small.gflops < 3  # about (48 / 32) ** 2
+    meta = export("multi", runs, tmp_path / "multi.pt", sample=2, verify_manifest=str(coil_data.parent / "query.csv"))
+    assert meta["verify"]["min_cosine"] >= 0.999 and meta["members"][0]["tta_sizes"] == [32, 48]
+    from_file, multi_flip, one_flip = (resolve_model(str(m), runs).embed(query, ws, workers=0, cache=False)
+                                       for m in (tmp_path / "multi.pt", "multi", "one"))
+    assert np.abs(from_file - multi_flip).max() < 1e-3 < 1e-2 < np.abs(from_file - one_flip).max()
+    with pytest.raises(EnsError, match=r"member one: its model file embeds with eval.extra_sizes \[\], the recipe "
+                                       r"asks for \[48\]; use another name"):
+        train_member(load_member_cfg(recipe, [*sets, "eval.extra_sizes=[48]"]), runs)

@@ -41,8 +41,12 @@ def test_eval_json_is_recomputed_when_eval_settings_change(tmp_path, coil_data):
     assert first["flip_tta"] is True and other["flip_tta"] is False
     stored = json.loads((Workspace(tmp_path / "runs").member_dir("tiny") / "eval.json").read_text())
     assert stored["eval_key"]["eval"]["flip_tta"] is False and stored["trained"] == other["trained"]
-    with pytest.raises(EnsError, match=r"eval.image_size 48 px, but this ViT takes only its training size 32 px"):
+    # the sizes it embeds at are the model file's, for every consumer: another size needs another name
+    with pytest.raises(EnsError, match=r"member tiny: its model file embeds with eval.image_size None, the recipe "
+                                       r"asks for 48; use another name"):
         train_member(load_member_cfg(recipe, ["eval.image_size=48"]), tmp_path / "runs")
+    with pytest.raises(EnsError, match=r"eval.image_size 48 px, but this ViT takes only its training size 32 px"):
+        train_member(load_member_cfg(recipe, ["eval.image_size=48", "name=tiny48"]), tmp_path / "runs")
 
 
 def test_an_option_added_later_at_its_off_default_keeps_older_runs_usable():

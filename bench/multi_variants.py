@@ -100,6 +100,7 @@ TWO_BEST_12 = "lite2_multi_12ep,lite0_multi_long_12ep"  # the same with the 12-e
 GEM_P = (3.0, 6.0)  # GeM exponents tried at eval on the 12-epoch members (eval.gem_p)
 # the 12-epoch Lite2 recipe with sub-centres, pooled by GeM p=3: its rows set eval.gem_p (null: average-pooled)
 LITE2_LONG = "members/cpu/lite2_multi_long.yaml"
+LITE2_LONG_MS = "members/cpu/lite2_multi_long_ms.yaml"
 SUBCENTRES, SUBCENTRES_SET = "sub-center ArcFace, 3 centres per class (GUIE 3rd, 4th, 6th place)", "head.subcenters=3"
 # margin heads of the GUIE top solutions (DOMAIN.md), each on the 12-epoch Lite0 recipe: (variant, --set, name suffix)
 HEADS_12 = (
@@ -409,6 +410,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "lite2_multi longer + sub-center ArcFace, a fourth seed, pooled by GeM p=3 where "
      "it embeds: the shipped lite2_multi_long recipe at seed 5", LITE2_LONG,
      ["seed=5", "name=lite2_multi_12ep_sub3_seed5_evalgem3"]),
+    ("member (EfficientNet-Lite2)", "the shipped lite2_multi_long_ms recipe at seed 4: lite2_multi_long's weights "
+     "embedded at 224, 260 and 300 px (multi-scale TTA, eval.extra_sizes [224, 300]; no training)", LITE2_LONG_MS,
+     ["seed=4", "name=lite2_multi_12ep_sub3_seed4_evalgem3_ms"]),
     (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
     (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",

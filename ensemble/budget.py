@@ -8,7 +8,7 @@ weights. Projection: images x FLOPs / (peak x utilisation).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,24 +47,27 @@ def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
     """(GFLOPs of one forward pass, image size) of a member/student recipe, built on the meta device."""
     model = build_member_model(cfg, load_weights=False, device="meta").eval()
     size = size_px or cfg.eval.image_size or model.backbone.image_size
-    if size != model.backbone.image_size and model.backbone.fixed_size:
-        raise EnsError(f"{cfg.name}: {size} px, but this ViT takes only its training size "
+    return pass_gflops(model, size, cfg.name), size
+
+
+def pass_gflops(model, size_px: int, name: str) -> float:
+    """GFLOPs of one forward pass of `model` (on the meta device) at `size_px`."""
+    if size_px != model.backbone.image_size and model.backbone.fixed_size:
+        raise EnsError(f"{name}: {size_px} px, but this ViT takes only its training size "
                        f"{model.backbone.image_size} px (positional embedding)")
-    x = torch.empty(1, 3, size, size, device="meta")
+    x = torch.empty(1, 3, size_px, size_px, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
-    return counter.get_total_flops() / 1e9, size
+    return counter.get_total_flops() / 1e9
 
 
 def branches_of(cfg, extra_sizes_px: list[int] | None = None) -> list[Branch]:
     """One branch per size a member/student recipe embeds at: its eval size, its eval.extra_sizes, then
     `extra_sizes_px` (an ensemble's TTA sizes), each once."""
-    base, size = count_gflops(cfg)
-    out = [Branch(cfg.name, f"{cfg.backbone.source}:{cfg.backbone.arch}", size, 2 if cfg.eval.flip_tta else 1, base)]
-    for extra in dict.fromkeys([*cfg.eval.extra_sizes, *(extra_sizes_px or [])]):
-        if extra != size:
-            out.append(replace(out[0], size_px=extra, gflops=count_gflops(cfg, extra)[0]))
-    return out
+    model = build_member_model(cfg, load_weights=False, device="meta").eval()
+    sizes = [cfg.eval.image_size or model.backbone.image_size, *cfg.eval.extra_sizes, *(extra_sizes_px or [])]
+    arch, passes = f"{cfg.backbone.source}:{cfg.backbone.arch}", 2 if cfg.eval.flip_tta else 1
+    return [Branch(cfg.name, arch, size, passes, pass_gflops(model, size, cfg.name)) for size in dict.fromkeys(sizes)]
 
 
 def recipe_branches(spec: str, recipes: str | Path = "members") -> tuple[str, list[Branch]]:

@@ -48,7 +48,7 @@ def describe(model: ResolvedModel, fmt: str, dtype: torch.dtype = torch.float32)
             "output": f"float32 [B,{out_dim}] L2-normalised", "compute_dtype": str(dtype).removeprefix("torch."),
             "resize": "bilinear, antialiased, to each of a member's square sizes (tta_sizes; features averaged)",
             "members": [{"name": p.embedder.name, "arch": p.embedder.arch, "image_size": p.embedder.size_px,
-                         "tta_sizes": [spec[0] for spec in p.embedder.views(list(model.tta.extra_sizes))],
+                         "tta_sizes": p.embedder.sizes(list(model.tta.extra_sizes)),
                          "mean": list(p.embedder.mean), "std": list(p.embedder.std), "features": p.features,
                          "dim": p.embedder.out_dim, "checkpoint": str(p.file.path), "checkpoint_sha1": p.file.sha1}
                         for p in model.parts],

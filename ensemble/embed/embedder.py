@@ -28,12 +28,6 @@ def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, featur
     if size_px != model.backbone.image_size and model.backbone.fixed_size:
         raise EnsError(f"{name}: eval.image_size {size_px} px, but this ViT takes only its training size "
                        f"{model.backbone.image_size} px (positional embedding); leave eval.image_size unset")
-    if len(set(extra_sizes) | {size_px}) != len(extra_sizes) + 1:
-        raise EnsError(f"{name}: eval.extra_sizes {list(extra_sizes)} repeats a size (the eval size is "
-                       f"{size_px} px); each size is embedded once")
-    if extra_sizes and model.backbone.fixed_size:
-        raise EnsError(f"{name}: eval.extra_sizes {list(extra_sizes)}, but this ViT takes only its training size "
-                       f"{model.backbone.image_size} px (positional embedding); leave eval.extra_sizes empty")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).eval()
     dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}

@@ -47,14 +47,18 @@ class Embedder:
                             enabled=self.autocast is not None):
             return self.fn(images).float()
 
-    def views(self, sizes: list[int] | None = None) -> list[tuple]:
-        """Preprocessing specs this model needs: its size, its own extra sizes, then the run's extra TTA
-        sizes (`sizes`), each once."""
-        every = dict.fromkeys(int(s) for s in [self.size_px, *self.extra_sizes, *(sizes or [])])
+    def sizes(self, extra: list[int] | None = None) -> list[int]:
+        """The square sizes this model embeds at: its size, its own extra sizes, then the run's extra TTA
+        sizes (`extra`), each once."""
+        every = list(dict.fromkeys(int(s) for s in [self.size_px, *self.extra_sizes, *(extra or [])]))
         if self.fixed_size and len(every) > 1:
-            raise EnsError(f"{self.name}: TTA sizes {list(every)[1:]}, but this ViT takes only its training size "
+            raise EnsError(f"{self.name}: TTA sizes {every[1:]}, but this ViT takes only its training size "
                            f"{self.size_px} px (positional embedding); leave the TTA's extra_sizes empty")
-        return [(s, tuple(self.mean), tuple(self.std)) for s in every]
+        return every
+
+    def views(self, sizes: list[int] | None = None) -> list[tuple]:
+        """Preprocessing specs this model needs, one per size it embeds at (`sizes`: the run's extra TTA sizes)."""
+        return [(s, tuple(self.mean), tuple(self.std)) for s in self.sizes(sizes)]
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class MemberBranch(nn.Module):
             if self.flip:
                 feats = feats + self.model.embed(x.flip(-1), self.features)
             total = feats if total is None else total + feats
-        return F.normalize(total, dim=-1) if self.flip or len(self.preprocess) > 1 else total
+        return F.normalize(total, dim=-1)
 
 
 class EmbeddingGraph(nn.Module):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import MemberCfg
+from ..errors import EnsError
 from .backbone import Backbone, build_backbone
 from .neck import build_neck
 
@@ -46,12 +47,25 @@ def build_member_model(cfg: MemberCfg, load_weights: bool = True, device: str | 
     backbone = build_backbone(cfg.backbone, load_weights=load_weights, device=device)
     if cfg.eval.gem_p is not None:  # refused here, before training, not when the model file is first loaded
         backbone.check_gem("eval.gem_p", cfg.backbone.arch)
+    check_extra_sizes(cfg, backbone)
     if device == "meta":
         with torch.device("meta"):
             neck = build_neck(cfg.neck, backbone.out_dim)
     else:
         neck = build_neck(cfg.neck, backbone.out_dim)
     return EmbeddingModel(backbone, neck)
+
+
+def check_extra_sizes(cfg: MemberCfg, backbone: Backbone) -> None:
+    """eval.extra_sizes refused before training (not after it, at eval): a size listed twice, or any extra
+    size for a ViT whose positional embedding takes only its training size."""
+    extra, size_px = cfg.eval.extra_sizes, cfg.eval.image_size or backbone.image_size
+    if len(set(extra) | {size_px}) != len(extra) + 1:
+        raise EnsError(f"{cfg.name}: eval.extra_sizes {extra} repeats a size (the eval size is {size_px} px); "
+                       "each size is embedded once")
+    if extra and backbone.fixed_size:
+        raise EnsError(f"{cfg.name}: eval.extra_sizes {extra}, but this ViT takes only its training size "
+                       f"{backbone.image_size} px (positional embedding); leave eval.extra_sizes empty")
 
 
 def pool_as_embedded(model: EmbeddingModel, cfg: MemberCfg) -> EmbeddingModel:

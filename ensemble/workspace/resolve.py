@@ -123,8 +123,7 @@ class ResolvedModel:
         if self.exported is not None:
             raise EnsError(f"MODEL {self.exported}: already an exported file")
         extra = list(self.tta.extra_sizes)
-        branches = [MemberBranch(p.file.model.cpu().to(dtype).eval(), p.features,
-                                 [spec[0] for spec in p.embedder.views(extra)],
+        branches = [MemberBranch(p.file.model.cpu().to(dtype).eval(), p.features, p.embedder.sizes(extra),
                                  p.embedder.mean, p.embedder.std, self.tta.flip, dtype) for p in self.parts]
         return EmbeddingGraph(branches, self.head).eval()
 

@@ -164,14 +164,11 @@ def test_a_models_own_extra_sizes_average_its_features_over_every_size(trained_w
     assert np.allclose(again, both, atol=1e-6)  # 48 px once, not twice
 
 
-def test_extra_sizes_are_refused_for_a_fixed_size_vit_and_when_a_size_repeats(trained_workspace):
+def test_a_fixed_size_vit_refuses_tta_sizes_and_keeps_its_cache_key(trained_workspace):
+    """The recipe's own extra sizes are refused before training (tests/train/test_member.py); a run's TTA
+    sizes (an ensemble's tta.extra_sizes) are refused where they meet the ViT."""
     cpu = torch.device("cpu")
     file = load_members(Workspace(trained_workspace), ["vit_a"], "neck", cpu)[0].file
-    with pytest.raises(EnsError, match=r"vit_a: eval.extra_sizes \[32\] repeats a size \(the eval size is 32 px\)"):
-        model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu, extra_sizes=(32,))
-    with pytest.raises(EnsError, match=r"vit_a: eval.extra_sizes \[48\], but this ViT takes only its training size "
-                                       r"32 px \(positional embedding\); leave eval.extra_sizes empty"):
-        model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu, extra_sizes=(48,))
     emb = model_embedder(file.model, "vit_a", "k", file.arch, "neck", cpu)
     assert emb.key == "k:neck" and emb.extra_sizes == ()  # no extra sizes: the cache key as before
     with pytest.raises(EnsError, match=r"vit_a: TTA sizes \[48\], but this ViT takes only its training size 32 px"):

@@ -421,3 +421,13 @@ def test_multi_scale_eval_reuses_the_weights_embeds_at_every_size_and_exports_it
     with pytest.raises(EnsError, match=r"member one: its model file embeds with eval.extra_sizes \[\], the recipe "
                                        r"asks for \[48\]; use another name"):
         train_member(load_member_cfg(recipe, [*sets, "eval.extra_sizes=[48]"]), runs)
+
+
+def test_extra_sizes_a_vit_cannot_take_or_listed_twice_are_refused_before_training(tmp_path, coil_data, monkeypatch):
+    monkeypatch.setattr(Trainer, "fit", lambda self: (_ for _ in ()).throw(Killed("trained")))
+    recipe = tiny_recipe(tmp_path, coil_data)  # the tiny open_clip ViT at 32 px
+    with pytest.raises(EnsError, match=r"tiny: eval.extra_sizes \[32\] repeats a size \(the eval size is 32 px\)"):
+        train_member(load_member_cfg(recipe, ["eval.extra_sizes=[32]"]), tmp_path / "runs")
+    with pytest.raises(EnsError, match=r"tiny: eval.extra_sizes \[48\], but this ViT takes only its training size "
+                                       r"32 px \(positional embedding\); leave eval.extra_sizes empty"):
+        train_member(load_member_cfg(recipe, ["eval.extra_sizes=[48]"]), tmp_path / "runs")

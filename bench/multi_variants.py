@@ -413,6 +413,9 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "the shipped lite2_multi_long_ms recipe at seed 4: lite2_multi_long's weights "
      "embedded at 224, 260 and 300 px (multi-scale TTA, eval.extra_sizes [224, 300]; no training)", LITE2_LONG_MS,
      ["seed=4", "name=lite2_multi_12ep_sub3_seed4_evalgem3_ms"]),
+    ("member (EfficientNet-Lite2)", "the shipped lite2_multi_long_ms recipe at seed 6, trained after its sizes were "
+     "chosen (an independent check of that choice): 224, 260 and 300 px", LITE2_LONG_MS,
+     ["seed=6", "name=lite2_multi_12ep_sub3_seed6_evalgem3_ms"]),
     (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
     (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",

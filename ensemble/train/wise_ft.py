@@ -53,15 +53,18 @@ def find_source_run(job) -> tuple[Path, dict, float | None] | None:
     many large members)."""
     weight = job.cfg.backbone.wise_ft
     wanted = [(job.recipe_key, None)] + ([(fine_tuned_key(job.recipe_key), weight)] if weight else [])
+    finished = finished_runs(job)
     for want, still in wanted:
-        found = find_run(job, want)
+        found = find_run(job, want, finished)
         if found:
             return (*found, still)
     return None
 
 
-def find_run(job, want: dict) -> tuple[Path, dict] | None:
-    """(model file, its payload) of another run in the workspace of `job` trained by recipe key `want`."""
+def finished_runs(job) -> list[tuple[Path, dict]]:
+    """(model file, saved config) of every other run in the workspace of `job` that has a model file and a
+    readable config.yaml."""
+    runs = []
     for config in sorted(job.run_dir.parent.glob("*/config.yaml")):
         model = config.parent / MODEL_FILE
         if config.parent == job.run_dir or not model.is_file():
@@ -70,7 +73,15 @@ def find_run(job, want: dict) -> tuple[Path, dict] | None:
             saved = yaml.safe_load(config.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        if not isinstance(saved, dict) or recipe_differences({**want, **defining(saved)}, want):
+        if isinstance(saved, dict):
+            runs.append((model, saved))
+    return runs
+
+
+def find_run(job, want: dict, finished: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """(model file, its payload) of the first of `finished` runs trained by recipe key `want`."""
+    for model, saved in finished:
+        if recipe_differences({**want, **defining(saved)}, want):
             continue
         try:
             payload = load_checkpoint(model, kind=f"{job.kind}_model")

@@ -101,7 +101,8 @@ FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), d
 @MODEL_ARG
 @click.option("--manifest", required=True, type=click.Path(), help="CSV with a path column.")
 @click.option("--out", required=True, type=click.Path(), help="Output .npy (float32, one row per manifest row).")
-@click.option("--tta/--no-tta", default=True, show_default=True, help="Horizontal-flip averaging.")
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Horizontal-flip averaging (a model's eval.extra_sizes are fixed by its model file).")
 @FEATURES
 @click.option("--workers", default=2, show_default=True)
 @NPROC

@@ -18,6 +18,7 @@ from .config.load import load_member_cfg, load_student_cfg, read_yaml, validate
 from .config.schema import TTACfg
 from .device import pick_device
 from .errors import EnsError
+from .models.backbone import fixed_size_error
 from .models.member import build_member_model
 from .workspace.resolve import ModelRef, ResolvedModel, resolve_model
 
@@ -53,8 +54,7 @@ def count_gflops(cfg, size_px: int | None = None) -> tuple[float, int]:
 def pass_gflops(model, size_px: int, name: str) -> float:
     """GFLOPs of one forward pass of `model` (on the meta device) at `size_px`."""
     if size_px != model.backbone.image_size and model.backbone.fixed_size:
-        raise EnsError(f"{name}: {size_px} px, but this ViT takes only its training size "
-                       f"{model.backbone.image_size} px (positional embedding)")
+        raise fixed_size_error(name, f"{size_px} px", model.backbone.image_size)
     x = torch.empty(1, 3, size_px, size_px, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)

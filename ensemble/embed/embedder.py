@@ -8,6 +8,7 @@ import torch
 
 from ..device import autocast_dtype
 from ..errors import EnsError
+from ..models.backbone import fixed_size_error
 from ..models.member import FEATURES, EmbeddingModel
 from .extract import Embedder
 
@@ -26,8 +27,8 @@ def model_embedder(model: EmbeddingModel, name: str, key: str, arch: str, featur
         raise EnsError(f"features: expected one of {FEATURES}, got {features!r}")
     size_px = size_px or model.backbone.image_size
     if size_px != model.backbone.image_size and model.backbone.fixed_size:
-        raise EnsError(f"{name}: eval.image_size {size_px} px, but this ViT takes only its training size "
-                       f"{model.backbone.image_size} px (positional embedding); leave eval.image_size unset")
+        raise fixed_size_error(name, f"eval.image_size {size_px} px", model.backbone.image_size,
+                               "leave eval.image_size unset")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).eval()
     dims = {"neck": model.out_dim, "backbone": model.backbone.out_dim}

@@ -19,7 +19,7 @@ from ..data.augment import to_uint8_tensor
 from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..device import limit_worker_threads, memory_format
 from ..distributed import gather_rows, world
-from ..errors import EnsError
+from ..models.backbone import fixed_size_error
 from ..models.preprocess import Preprocess
 from ..progress import label
 
@@ -52,8 +52,8 @@ class Embedder:
         sizes (`extra`), each once."""
         every = list(dict.fromkeys(int(s) for s in [self.size_px, *self.extra_sizes, *(extra or [])]))
         if self.fixed_size and len(every) > 1:
-            raise EnsError(f"{self.name}: TTA sizes {every[1:]}, but this ViT takes only its training size "
-                           f"{self.size_px} px (positional embedding); leave the TTA's extra_sizes empty")
+            raise fixed_size_error(self.name, f"TTA sizes {every[1:]}", self.size_px,
+                                   "leave the TTA's extra_sizes empty")
         return every
 
     def views(self, sizes: list[int] | None = None) -> list[tuple]:

@@ -18,6 +18,13 @@ from ..errors import EnsError
 log = logging.getLogger("ensemble")
 
 
+def fixed_size_error(name: str, asked: str, training_px: int, hint: str = "") -> EnsError:
+    """The one-line refusal of `asked` (e.g. "eval.image_size 48 px") for a ViT whose positional embedding
+    takes only its training size `training_px`; `hint` says what to do instead."""
+    return EnsError(f"{name}: {asked}, but this ViT takes only its training size {training_px} px "
+                    "(positional embedding)" + (f"; {hint}" if hint else ""))
+
+
 class Backbone(nn.Module):
     """An image tower returning pooled features of size `out_dim`.
 

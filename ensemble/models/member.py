@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config.schema import MemberCfg
 from ..errors import EnsError
-from .backbone import Backbone, build_backbone
+from .backbone import Backbone, build_backbone, fixed_size_error
 from .neck import build_neck
 
 FEATURES = ("neck", "backbone", "both")
@@ -64,8 +64,8 @@ def check_extra_sizes(cfg: MemberCfg, backbone: Backbone) -> None:
         raise EnsError(f"{cfg.name}: eval.extra_sizes {extra} repeats a size (the eval size is {size_px} px); "
                        "each size is embedded once")
     if extra and backbone.fixed_size:
-        raise EnsError(f"{cfg.name}: eval.extra_sizes {extra}, but this ViT takes only its training size "
-                       f"{backbone.image_size} px (positional embedding); leave eval.extra_sizes empty")
+        raise fixed_size_error(cfg.name, f"eval.extra_sizes {extra}", backbone.image_size,
+                               "leave eval.extra_sizes empty")
 
 
 def pool_as_embedded(model: EmbeddingModel, cfg: MemberCfg) -> EmbeddingModel:

@@ -233,6 +233,29 @@ def multi_scale_row(step: str, name: str) -> tuple[str, str, str, list[str]]:
             ["eval.extra_sizes=[128,192]", f"name={name}_ms"])
 
 
+MS_SIZES = "eval.extra_sizes=[128,192]"  # around the main job's 160 px eval size (multi-scale TTA)
+SOUP_STUDENT = "distill/cpu/lite0_multi_160_soup.yaml"  # the main job's student recipe
+
+
+def main_job_multi_scale_rows() -> list[tuple[str, str, str, list[str]]]:
+    """The main job's ensemble and student with every model embedded at 128 + 160 + 192 px: the ensemble recipe
+    on the members' multi-scale copies (multi_scale_row, no training), the job's student embedded the same way
+    (no training), and the student recipe distilled from that multi-scale ensemble, at 160 px and at three sizes."""
+    ms = "embedded at 128 + 160 + 192 px (multi-scale TTA"
+    return [
+        ("ensemble (3 members)", f"the recipe on the main job's three members {ms}: their _ms copies, the same "
+         "weights); fused features of the train images at three sizes", ENSEMBLE,
+         ["members=[mnv1_multi_160_wise_ms,mnv2_multi_ms,lite0_multi_ms]", "name=multi_cpu_ms"]),
+        ("student (EfficientNet-Lite0)", f"the main job's student (lite0_multi_160_soup, distilled from multi_cpu) "
+         f"{ms}, the same weights, no training)", SOUP_STUDENT, [MS_SIZES, "name=lite0_multi_160_soup_ms"]),
+        ("student (EfficientNet-Lite0)", "the main job's student recipe (a soup of seeds 0 + 1) distilled from the "
+         f"ensemble {ms}, multi_cpu_ms), embedded at 160 px", SOUP_STUDENT,
+         ["teacher=multi_cpu_ms", "name=lite0_multi_160_soup_of_ms"]),
+        ("student (EfficientNet-Lite0)", f"that student {ms}, the same weights, no training)", SOUP_STUDENT,
+         ["teacher=multi_cpu_ms", MS_SIZES, "name=lite0_multi_160_soup_of_ms_ms"]),
+    ]
+
+
 SIX_TRAIN = load_data_cfg(str(DATA)).train  # multi's train images, all six domains (its data config's)
 DIAGNOSTIC = "NOT leave-domain-out (diagnostic):"
 LODO_REDUCERS = (  # the leave-domain-out ensemble recipe changed (all for WiSE-FT 0.3, two for head-only)
@@ -427,6 +450,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     *[multi_scale_row(step, name) for step, name in (("member (MobileNet-v1)", "mnv1_multi_160_wise"),
                                                       ("member (MobileNet-v2)", "mnv2_multi"),
                                                       ("member (EfficientNet-Lite0)", "lite0_multi"))],
+    *main_job_multi_scale_rows(),
     (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),
     (MNV2_LONG_STEP, "the same weights pooled by GeM p=3 where it embeds, as the recipe ships (no training)",

@@ -235,6 +235,7 @@ def multi_scale_row(step: str, name: str) -> tuple[str, str, str, list[str]]:
 
 MS_SIZES = "eval.extra_sizes=[128,192]"  # around the main job's 160 px eval size (multi-scale TTA)
 SOUP_STUDENT = "distill/cpu/lite0_multi_160_soup.yaml"  # the main job's student recipe
+MS_MEMBERS = "members=[mnv1_multi_160_wise_ms,mnv2_multi_ms,lite0_multi_ms]"  # multi_scale_row's copies
 
 
 def main_job_multi_scale_rows() -> list[tuple[str, str, str, list[str]]]:
@@ -245,7 +246,11 @@ def main_job_multi_scale_rows() -> list[tuple[str, str, str, list[str]]]:
     return [
         ("ensemble (3 members)", f"the recipe on the main job's three members {ms}: their _ms copies, the same "
          "weights); fused features of the train images at three sizes", ENSEMBLE,
-         ["members=[mnv1_multi_160_wise_ms,mnv2_multi_ms,lite0_multi_ms]", "name=multi_cpu_ms"]),
+         [MS_MEMBERS, "name=multi_cpu_ms"]),
+        *[("ensemble (3 members)", f"{said} of the main job's three members {ms}: their _ms copies)", ENSEMBLE,
+           [MS_MEMBERS, *sets, f"name=multi_cpu_ms_{tag}"])
+          for said, sets, tag in (("signed sqrt concatenation (3,584-d)", ["projection=pca", "pca=null"], "concat"),
+                                  ("signed sqrt + PCA-64 fitted on train", ["projection=pca"], "pca"))],
         ("student (EfficientNet-Lite0)", f"the main job's student (lite0_multi_160_soup, distilled from multi_cpu) "
          f"{ms}, the same weights, no training)", SOUP_STUDENT, [MS_SIZES, "name=lite0_multi_160_soup_ms"]),
         ("student (EfficientNet-Lite0)", "the main job's student recipe (a soup of seeds 0 + 1) distilled from the "

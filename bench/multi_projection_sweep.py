@@ -9,6 +9,12 @@ fit_projection -- on multi's TRAIN rows only, and scored query vs the shared ind
 Several rows repeat one setting with other seeds (batch order), so the table shows the noise of a
 single fit next to the differences between settings. Writes bench/results/multi_projection_sweep.json
 and the "GUIE-mini projection sweep" table of BENCHMARKS.md.
+
+    .venv/bin/python bench/multi_projection_sweep.py --ensemble multi_cpu_ms --recipe-only
+
+fits only the shipped recipe (seeds 0, 1, 2) on another ensemble's members, here the main job's members
+embedded at three sizes (bench/multi_variants.py makes multi_cpu_ms), and writes its own JSON and table
+(multi_projection_sweep_<ensemble>), so the seed noise of that ensemble's fit is measured beside it.
 """
 
 from __future__ import annotations
@@ -59,13 +65,19 @@ def describe(power: float, settings: dict, seed: int) -> str:
     return f"power {power:g}; {shown}; seed {seed}{recipe}"
 
 
+def recipe_only(parser) -> None:
+    parser.add_argument("--recipe-only", action="store_true", help="fit only the shipped recipe, seeds 0, 1, 2 "
+                        "(its own JSON and BENCHMARKS.md table, named after --ensemble)")
+
+
 def main() -> None:
-    args, features = sweep_inputs(__doc__.splitlines()[0])
+    args, features = sweep_inputs(__doc__.splitlines()[0], more_args=recipe_only)
+    variants = [v for v in VARIANTS if v[0] == 0.5 and v[1] == RECIPE] if args.recipe_only else VARIANTS
     parts, manifests, blocks = features.parts, features.manifests, features.blocks
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = list(manifests["train"].labels)
     fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows
-    for power, settings, seeds in VARIANTS:
+    for power, settings, seeds in variants:
         if power not in fused:
             fused[power] = {s: combine(feats, groups, power) for s, feats in parts.items()}
             starts[power] = fit_pca(fused[power]["train"], 64)
@@ -78,17 +90,23 @@ def main() -> None:
                          "mP@5": report["mP@5"], "per_domain": report["per_domain"],
                          "seconds": round(time.perf_counter() - started, 1)})
             print(f"{rows[-1]['variant']}: macro {report['macro_mP@5']:.3f}", flush=True)
-    result = {"command": f"python bench/multi_projection_sweep.py --ensemble {args.ensemble}",
+    flag = " --recipe-only" if args.recipe_only else ""
+    result = {"command": f"python bench/multi_projection_sweep.py --ensemble {args.ensemble}{flag}",
               "date": str(date.today()), "machine": machine(), "rows": rows}
-    record("multi_projection_sweep", result, "GUIE-mini projection sweep: settings of the learned 64-d projection",
-           table(result))
+    if args.recipe_only:
+        record(f"multi_projection_sweep_{args.ensemble}", result,
+               f"GUIE-mini projection sweep: the recipe's seeds on {args.ensemble}'s members", table(result))
+    else:
+        record("multi_projection_sweep", result,
+               "GUIE-mini projection sweep: settings of the learned 64-d projection", table(result))
 
 
 def table(result: dict) -> str:
     return domain_table(
         f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the workspace "
         "of `ens pipeline configs/pipelines/multi_cpu.yaml`: the three members' pooled backbone features "
-        "(flip TTA, 160 px), the fusion's signed power, PCA-64 as the start, then `fit_projection` with "
+        "(flip TTA, at the sizes their model files name: 160 px; 128 + 160 + 192 for the _ms copies), "
+        "the fusion's signed power, PCA-64 as the start, then `fit_projection` with "
         "the settings named (others at their defaults: 20 epochs, lr 1e-3, batch 256, CosFace s 30 m 0.2, "
         "neighbour_tau_teacher 0.02, neighbour_tau 0.05), on multi's train images only; 888 queries "
         "against the shared index of 3,626 images. s: seconds to fit the row.", result["rows"], ["variant"])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
@@ -218,16 +219,19 @@ def member_features(ws: Workspace, ensemble: str) -> MemberFeatures:
     return MemberFeatures(model, parts, manifests, [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])])
 
 
-def sweep_inputs(description: str, ensemble: str = "multi_cpu", leave_out: bool = False
+def sweep_inputs(description: str, ensemble: str = "multi_cpu", leave_out: bool = False,
+                 more_args: Callable[[argparse.ArgumentParser], None] | None = None
                  ) -> tuple[argparse.Namespace, MemberFeatures]:
     """The command line of a sweep (--workdir, --ensemble, default `ensemble`; with `leave_out` also
-    --leave-out DOMAIN, repeatable) and `member_features` of that ensemble."""
+    --leave-out DOMAIN, repeatable; `more_args` adds a sweep's own) and `member_features` of that ensemble."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--ensemble", default=ensemble, help="its members' features are swept")
     if leave_out:
         parser.add_argument("--leave-out", action="append", default=[], metavar="DOMAIN",
                             help="fit every reducer without this domain's train rows (repeatable)")
+    if more_args:
+        more_args(parser)
     args = parser.parse_args()
     return args, member_features(Workspace.at(args.workdir), args.ensemble)
 

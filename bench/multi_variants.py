@@ -225,17 +225,21 @@ def gem_row(step: str, name: str) -> tuple[str, str, str, list[str]]:
             f"members/cpu/{name}.yaml", ["eval.gem_p=3", f"name={name}_evalgem3"])
 
 
+MS_SIZES = "eval.extra_sizes=[128,192]"  # around the main job's 160 px eval size (multi-scale TTA)
+MAIN_JOB_MEMBERS = (("member (MobileNet-v1)", "mnv1_multi_160_wise"), ("member (MobileNet-v2)", "mnv2_multi"),
+                    ("member (EfficientNet-Lite0)", "lite0_multi"))  # configs/pipelines/multi_cpu.yaml's
+
+
 def multi_scale_row(step: str, name: str) -> tuple[str, str, str, list[str]]:
     """The main job's member recipe `name` as trained, also embedded at 128 and 192 px around its 160 px eval size
     (eval.extra_sizes: multi-scale TTA, the same weights, no training)."""
     return (step, f"{name} (the main job's member), embedded at 128 + 160 + 192 px (eval.extra_sizes [128, 192]: "
             "multi-scale TTA, the same weights, no training)", f"members/cpu/{name}.yaml",
-            ["eval.extra_sizes=[128,192]", f"name={name}_ms"])
+            [MS_SIZES, f"name={name}_ms"])
 
 
-MS_SIZES = "eval.extra_sizes=[128,192]"  # around the main job's 160 px eval size (multi-scale TTA)
 SOUP_STUDENT = "distill/cpu/lite0_multi_160_soup.yaml"  # the main job's student recipe
-MS_MEMBERS = "members=[mnv1_multi_160_wise_ms,mnv2_multi_ms,lite0_multi_ms]"  # multi_scale_row's copies
+MS_MEMBERS = f"members=[{','.join(f'{name}_ms' for _, name in MAIN_JOB_MEMBERS)}]"  # multi_scale_row's copies
 
 
 def main_job_multi_scale_rows() -> list[tuple[str, str, str, list[str]]]:
@@ -452,9 +456,7 @@ VARIANTS = [  # (step, variant, recipe, overrides); the first of each step is th
     ("member (EfficientNet-Lite2)", "the shipped lite2_multi_long_ms recipe at seed 6, trained after its sizes were "
      "chosen (an independent check of that choice): 224, 260 and 300 px", LITE2_LONG_MS,
      ["seed=6", "name=lite2_multi_12ep_sub3_seed6_evalgem3_ms"]),
-    *[multi_scale_row(step, name) for step, name in (("member (MobileNet-v1)", "mnv1_multi_160_wise"),
-                                                      ("member (MobileNet-v2)", "mnv2_multi"),
-                                                      ("member (EfficientNet-Lite0)", "lite0_multi"))],
+    *[multi_scale_row(step, name) for step, name in MAIN_JOB_MEMBERS],
     *main_job_multi_scale_rows(),
     (MNV2_LONG_STEP, "lite2_multi_long with MobileNet-v2 in Lite2's place: 224 px, 1 epoch head + 12 epochs all, "
      "eval 260 px, average-pooled", LITE2_LONG, [*MNV2_IN_LITE2, "eval.gem_p=null", "name=mnv2_multi_12ep_sub3"]),

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config.load import load_member_cfg, load_student_cfg, read_yaml, validate
 from .config.schema import TTACfg
 from .device import pick_device
+from .embed.extract import embed_sizes
 from .errors import EnsError
 from .models.backbone import fixed_size_error
 from .models.member import build_member_model
@@ -65,9 +66,9 @@ def branches_of(cfg, extra_sizes_px: list[int] | None = None) -> list[Branch]:
     """One branch per size a member/student recipe embeds at: its eval size, its eval.extra_sizes, then
     `extra_sizes_px` (an ensemble's TTA sizes), each once."""
     model = build_member_model(cfg, load_weights=False, device="meta").eval()
-    sizes = [cfg.eval.image_size or model.backbone.image_size, *cfg.eval.extra_sizes, *(extra_sizes_px or [])]
+    sizes = embed_sizes(cfg.eval.image_size or model.backbone.image_size, cfg.eval.extra_sizes, extra_sizes_px)
     arch, passes = f"{cfg.backbone.source}:{cfg.backbone.arch}", 2 if cfg.eval.flip_tta else 1
-    return [Branch(cfg.name, arch, size, passes, pass_gflops(model, size, cfg.name)) for size in dict.fromkeys(sizes)]
+    return [Branch(cfg.name, arch, size, passes, pass_gflops(model, size, cfg.name)) for size in sizes]
 
 
 def recipe_branches(spec: str, recipes: str | Path = "members") -> tuple[str, list[Branch]]:

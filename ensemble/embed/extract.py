@@ -24,6 +24,12 @@ from ..models.preprocess import Preprocess
 from ..progress import label
 
 
+def embed_sizes(size_px: int, *extra_lists) -> list[int]:
+    """The square sizes a model embeds at: `size_px`, then each list of extra sizes in order (None: none),
+    each size once."""
+    return list(dict.fromkeys(int(s) for s in [size_px, *(s for extra in extra_lists for s in extra or [])]))
+
+
 @dataclass
 class Embedder:
     """One model as extraction sees it: its preprocessing and a batch -> features function."""
@@ -50,7 +56,7 @@ class Embedder:
     def sizes(self, extra: list[int] | None = None) -> list[int]:
         """The square sizes this model embeds at: its size, its own extra sizes, then the run's extra TTA
         sizes (`extra`), each once."""
-        every = list(dict.fromkeys(int(s) for s in [self.size_px, *self.extra_sizes, *(extra or [])]))
+        every = embed_sizes(self.size_px, self.extra_sizes, extra)
         if self.fixed_size and len(every) > 1:
             raise fixed_size_error(self.name, f"TTA sizes {every[1:]}", self.size_px,
                                    "leave the TTA's extra_sizes empty")

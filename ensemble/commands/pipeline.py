@@ -18,7 +18,7 @@ from ..config.load import load_member_cfg, load_student_cfg, read_yaml, validate
 from ..config.schema import MemberCfg, PipelineCfg
 from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
-from ..errors import EnsError
+from ..errors import EnsError, file_problem
 from ..evaluate.html import write_html
 from ..evaluate.report import score_text
 from ..evaluate.run import evaluate
@@ -41,8 +41,8 @@ def load_pipeline_cfg(path: str | Path) -> PipelineCfg:
 
     def resolve(value: Path, key: str) -> Path:
         full = value if value.is_absolute() else base / value
-        if not full.is_file():
-            raise EnsError(f"{path}: key '{key}': file not found: {full}")
+        if problem := file_problem(full, "YAML file"):
+            raise EnsError(f"{path}: key '{key}': {full}: {problem}")
         return full.resolve()
 
     cfg.members = [resolve(m, f"members.{i}") for i, m in enumerate(cfg.members)]

@@ -9,7 +9,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import EnsError
+from ..errors import EnsError, file_problem
 from .schema import BackboneCfg, DataCfg, MemberCfg, StudentCfg
 
 T = TypeVar("T", bound=BaseModel)
@@ -21,8 +21,8 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file or a non-mapping is a one-line EnsError."""
     path = Path(path)
-    if not path.is_file():
-        raise EnsError(f"{path}: file not found")
+    if problem := file_problem(path, "YAML file"):
+        raise EnsError(f"{path}: {problem}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -207,8 +207,8 @@ def load_data_cfg(path: str | Path) -> DataCfg:
         if value is None:
             continue
         full = value if value.is_absolute() else base / value
-        if not full.is_file():
-            raise EnsError(f"{path}: key '{key}': manifest not found: {full}")
+        if problem := file_problem(full, "manifest"):
+            raise EnsError(f"{path}: key '{key}': {full}: {problem}")
         setattr(cfg, key, full.resolve())
     return cfg
 

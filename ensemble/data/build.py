@@ -22,7 +22,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..config.load import read_yaml, validate
 from ..config.schema import BuildCfg, SamplerCfg, SourceCfg
-from ..errors import EnsError
+from ..errors import EnsError, file_problem
 from .manifest import read_manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -30,8 +30,8 @@ Row = tuple[str, str, str]  # absolute path, label, domain
 
 
 def _read_csv(path: Path, needed: set[str]) -> list[dict]:
-    if not path.is_file():
-        raise EnsError(f"{path}: file not found")
+    if problem := file_problem(path, "CSV file"):
+        raise EnsError(f"{path}: {problem}")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     missing = sorted(needed - set(rows[0] if rows else ()))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..errors import EnsError
+from ..errors import EnsError, file_problem
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Manifest:
 def read_manifest(path: str | Path, require_label: bool = True) -> Manifest:
     """Read a manifest CSV; missing columns or an empty file are one-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise EnsError(f"{path}: manifest not found")
+    if problem := file_problem(path, "manifest"):
+        raise EnsError(f"{path}: {problem}")
     content = path.read_bytes()
     try:
         text = content.decode("utf-8-sig")

@@ -71,7 +71,7 @@ def test_pipeline_config_errors(tmp_path, coil_data):
     pipe = write_pipeline(tmp_path, coil_data)
     bad = tmp_path / "bad.yaml"
     bad.write_text(pipe.read_text().replace("pb.yaml", "missing.yaml"))
-    with pytest.raises(EnsError, match=r"bad.yaml: key 'members.1': file not found"):
+    with pytest.raises(EnsError, match=r"bad.yaml: key 'members.1': \S+missing.yaml: YAML file not found"):
         load_pipeline_cfg(bad)
     bad.write_text(pipe.read_text() + "extra: 1\n")
     with pytest.raises(EnsError, match="unknown key 'extra'"):

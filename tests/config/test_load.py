@@ -40,8 +40,10 @@ def test_missing_data_config_and_weights_file(tmp_path):
         load_member_cfg(path)
     with pytest.raises(EnsError, match=r"backbone.pretrained: weights file not found"):
         load_member_cfg(recipe(tmp_path, "backbone: {pretrained: ./w.safetensors}\n"))
-    with pytest.raises(EnsError, match=r"missing.yaml: file not found"):
+    with pytest.raises(EnsError, match=r"missing.yaml: YAML file not found"):
         load_member_cfg(tmp_path / "missing.yaml")
+    with pytest.raises(EnsError, match=r"^\S+: is a folder, expected a YAML file$"):
+        load_member_cfg(tmp_path)
 
 
 def test_set_overrides_parse_yaml_values(tmp_path):
@@ -54,7 +56,7 @@ def test_set_overrides_parse_yaml_values(tmp_path):
 def test_data_config_resolves_and_checks_manifests(tmp_path):
     (tmp_path / "t.csv").write_text("path,label\n")
     (tmp_path / "d.yaml").write_text("train: t.csv\nquery: q.csv\n")
-    with pytest.raises(EnsError, match=r"d.yaml: key 'query': manifest not found"):
+    with pytest.raises(EnsError, match=r"d.yaml: key 'query': \S+q.csv: manifest not found"):
         load_data_cfg(tmp_path / "d.yaml")
     (tmp_path / "d.yaml").write_text("train: t.csv\n")
     assert load_data_cfg(tmp_path / "d.yaml").train == (tmp_path / "t.csv").resolve()

@@ -16,8 +16,10 @@ def test_missing_columns_is_one_line_error(tmp_path):
     (tmp_path / "m.csv").write_text("file,label\na.jpg,x\n")
     with pytest.raises(EnsError, match=r"m.csv: manifest needs columns \['label', 'path'\]; missing \['path'\]"):
         read_manifest(tmp_path / "m.csv")
-    with pytest.raises(EnsError, match="manifest not found"):
+    with pytest.raises(EnsError, match="none.csv: manifest not found"):
         read_manifest(tmp_path / "none.csv")
+    with pytest.raises(EnsError, match=r": is a folder, expected a manifest$"):
+        read_manifest(tmp_path)
 
 
 def test_one_image_has_one_spelling_through_dotdot_and_linked_folders(tmp_path):

@@ -56,9 +56,10 @@ class FailureLog:
 
     MIN_SEEN = 50  # do not judge the ratio on the first handful of images
 
-    def __init__(self, paths, max_ratio: float):
+    def __init__(self, paths, max_ratio: float, readable_before: int = 0):
+        """readable_before: rows of the same job already embedded elsewhere (a cache), counted as read."""
         self.paths, self.max_ratio = list(paths), max_ratio
-        self.seen, self.failed = 0, {}
+        self.seen, self.failed = readable_before, {}
 
     def update(self, batch: dict) -> None:
         self.seen += len(batch["indices"]) + len(batch["failed"])

@@ -84,8 +84,8 @@ def cached_rows(cache_dir: Path, emb: Embedder, manifest: Manifest,
         if meta.get("identity") != identity(emb, tta):
             continue
         pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
-        cached = (_load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True, expected=meta.get("npy_sha1"))
-                  if pairs and meta.get("npy_sha1") else None)
+        cached = (_load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True,
+                        expected=meta.get("npy_sha1")) if pairs and meta.get("npy_sha1") else None)
         if cached is not None:
             rows, source = (np.array(side) for side in zip(*pairs, strict=True))
             values = np.asarray(cached[source], np.float32)
@@ -136,7 +136,8 @@ def _extract_missing(embedders: list[Embedder], manifest: Manifest, cache_dir: P
              len(manifest) - len(todo), len(manifest))
     if len(todo):
         computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
-                                max_fail_ratio, desc=f"embed {manifest.source.name}")
+                                max_fail_ratio, desc=f"embed {manifest.source.name}",
+                                readable_before=len(manifest) - len(todo))
         for (feats, _), rows in zip(reused, computed, strict=True):
             feats[todo] = rows
     return [feats for feats, _ in reused]

@@ -122,13 +122,14 @@ def draft_px(embedders: list[Embedder], tta: TTA) -> int:
 def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
                  workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
                  blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True,
-                 normalize: bool = True) -> list[np.ndarray]:
+                 normalize: bool = True, readable_before: int = 0) -> list[np.ndarray]:
     """Features of `paths` for every embedder, in manifest order; each image is decoded once.
 
     Rows of unreadable images are zero (warned about, and counted against max_fail_ratio).
     blocks: per embedder name, widths of feature blocks normalised separately (several features per pass).
     jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
     normalize: False returns raw features (summed over views), e.g. to fit a layer on them.
+    readable_before: rows of the same manifest read from a cache, so max_fail_ratio is judged on the manifest.
     """
     specs = view_specs(embedders, tta)
     index_of = {spec: i for i, spec in enumerate(specs)}
@@ -139,7 +140,7 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     dataset = ImageDataset(shard, [0] * len(shard), MultiTransform(specs), draft_px=draft)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
                         worker_init_fn=limit_worker_threads)
-    fails = FailureLog(shard, max_fail_ratio)
+    fails = FailureLog(shard, max_fail_ratio, readable_before // w.size)
     outputs = [np.zeros((len(shard), e.out_dim), np.float32) for e in embedders]
     with torch.inference_mode():
         names = ", ".join(e.name for e in embedders)

@@ -133,6 +133,25 @@ def test_an_image_that_failed_under_another_manifest_is_tried_again(trained_work
     assert calls == [str(broken)]  # decoded again (and warned about again), not served as a zero row
 
 
+def test_the_unreadable_ratio_counts_the_rows_found_in_the_cache(trained_workspace, tmp_path):
+    """One broken image beside N cached ones is 1 of N + 1, not 1 of the 1 image decoded this time."""
+    from tests.conftest import write_manifest
+
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    embed_manifest([emb], index, tmp_path, cpu, workers=0)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rows = [{"path": p, "label": "", "domain": ""} for p in (*index.paths, str(broken))]
+    union = read_manifest(write_manifest(tmp_path / "union.csv", rows), require_label=False)
+    n = len(union)
+    with pytest.raises(EnsError, match=rf"^1 of {n} images unreadable \({1 / n:.1%} > max_fail_ratio 1.0%\)"):
+        embed_manifest([emb], union, tmp_path, cpu, workers=0)
+    feats = embed_manifest([emb], union, tmp_path, cpu, workers=0, max_fail_ratio=1.5 / n)[0]
+    assert feats[:-1].any(axis=1).all() and not feats[-1].any()
+
+
 def test_unknown_member_is_one_line_error(trained_workspace):
     from ensemble.errors import EnsError
 

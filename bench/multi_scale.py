@@ -7,7 +7,11 @@ images of configs/data/multi.yaml once at every size (one decode per image, flip
 features L2-normalised); each combination of sizes is then scored with the sum of its sizes' features,
 re-normalised: what a recipe with `eval.image_size` one of them and `eval.extra_sizes` the others
 embeds (the package's own sum: tests/embed/test_extract.py). The per-size features are kept in
-RUNS/cache/multi_scale/ under the model file's SHA-1, so a rerun only scores. Writes
+RUNS/cache/multi_scale/ under the model file's SHA-1, so a rerun only scores. They are kept in float32
+on purpose, not in the workspace's float16 feature cache: summing float16-rounded sizes moved the scores
+in the third decimal (tried 2026-12-05 on mnv2_multi at 128 + 160 + 192 px: 0.557 with packaged_goods
+0.383, against 0.558 / 0.387 from the package's own multi-scale embed, which these rows otherwise match
+to the last digit). Writes
 bench/results/multi_scale.json and the "GUIE-mini: multi-scale TTA" table of BENCHMARKS.md.
 """
 

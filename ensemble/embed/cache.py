@@ -1,7 +1,10 @@
 """Embeddings cached in the workspace, keyed by model checkpoint content + manifest content + TTA.
 
 Each cache file lists its image paths beside it (`<key>.paths`), so a new manifest that shares images
-with cached ones (e.g. a distill set = train + index) extracts only the images not seen before.
+with cached ones (e.g. a distill set = train + index) extracts only the images not seen before. A long
+extraction saves the rows it has so far every PARTIAL_EVERY_S seconds as a partial entry
+(`<key>.partial.*`, found by path like any other entry), so a killed run resumes from its last save; the
+finished entry replaces it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..hashing import file_sha1
 from .extract import TTA, Embedder, extract_many
 
 log = logging.getLogger("ensemble")
+PARTIAL_EVERY_S = 300.0  # how often a running extraction saves its rows so far
 
 
 def identity(emb: Embedder, tta: TTA) -> str:
@@ -60,13 +64,26 @@ def _load(path: Path, rows: int, dim: int, mmap: bool = False, expected: str | N
     return arr if mmap else arr.astype(np.float32)
 
 
-def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA) -> None:
-    data = atomic_write_npy(path, feats.astype(np.float16))  # half the disk; cosine error ~1e-4
-    atomic_write_text(path.with_suffix(".paths"), "\n".join(manifest.paths))
+def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA,
+           rows: np.ndarray | None = None) -> None:
+    """An entry of `manifest`'s features; with `rows`, only those rows (a partial entry)."""
+    paths = manifest.paths if rows is None else [manifest.paths[i] for i in rows]
+    data = atomic_write_npy(path, (feats if rows is None else feats[rows]).astype(np.float16))  # half the disk
+    atomic_write_text(path.with_suffix(".paths"), "\n".join(paths))
     atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
         {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
-         "manifest_sha1": manifest.sha1, "rows": len(manifest), "dim": emb.out_dim,
+         "manifest_sha1": manifest.sha1, "rows": len(paths), "dim": emb.out_dim, "partial": rows is not None,
          "npy_sha1": hashlib.sha1(data).hexdigest()}, indent=1))
+
+
+def partial_path(path: Path) -> Path:
+    """Where the entry at `path` keeps its rows while it is being extracted."""
+    return path.with_name(f"{path.stem}.partial.npy")
+
+
+def _drop_partial(path: Path) -> None:
+    for suffix in (".json", ".paths", ".npy"):  # the JSON first: without it the entry is not read
+        partial_path(path).with_suffix(suffix).unlink(missing_ok=True)
 
 
 def cached_rows(cache_dir: Path, emb: Embedder, manifest: Manifest,
@@ -111,12 +128,13 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Pat
              for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
-        computed = _extract_missing([embedders[i] for i in missing], manifest, cache_dir, device, tta, batch_size,
-                                    workers, max_fail_ratio, use_cache)
+        computed = _extract_missing([embedders[i] for i in missing], [paths[i] for i in missing], manifest,
+                                    cache_dir, device, tta, batch_size, workers, max_fail_ratio, use_cache)
         main = world().main
         for i, feats in zip(missing, computed, strict=True):
             if use_cache and main:  # every rank holds the gathered features; one writes them
                 _store(paths[i], feats, embedders[i], manifest, tta)
+                _drop_partial(paths[i])
             if use_cache and mmap and main:
                 found[i] = _load(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
             else:
@@ -124,20 +142,42 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Pat
     return found
 
 
-def _extract_missing(embedders: list[Embedder], manifest: Manifest, cache_dir: Path, device, tta: TTA, batch_size: int,
-                     workers: int, max_fail_ratio: float, use_cache: bool) -> list[np.ndarray]:
-    """Features of every row for each embedder: rows cached under other manifests, the rest extracted."""
+def _extract_missing(embedders: list[Embedder], entries: list[Path], manifest: Manifest, cache_dir: Path, device,
+                     tta: TTA, batch_size: int, workers: int, max_fail_ratio: float,
+                     use_cache: bool) -> list[np.ndarray]:
+    """Features of every row for each embedder: rows cached under other manifests (or saved by an interrupted
+    run), the rest extracted, saving partial entries (at `entries`) as it goes."""
     reused = [cached_rows(cache_dir, e, manifest, tta) for e in embedders] if use_cache else []
     todo = np.flatnonzero(~np.logical_and.reduce([found for _, found in reused])) if reused else None
     if todo is None or len(todo) == len(manifest):  # nothing to reuse: no second full-size array
-        return extract_many(embedders, manifest.paths, device, tta, batch_size, workers, max_fail_ratio,
-                            desc=f"embed {manifest.source.name}")
-    log.info("embed %s: %d of %d images found in the cache of other manifests", manifest.source.name,
-             len(manifest) - len(todo), len(manifest))
-    if len(todo):
-        computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
-                                max_fail_ratio, desc=f"embed {manifest.source.name}",
-                                readable_before=len(manifest) - len(todo))
-        for (feats, _), rows in zip(reused, computed, strict=True):
+        todo, reused = np.arange(len(manifest)), [(None, None)] * len(embedders)
+    else:
+        log.info("embed %s: %d of %d images found in the cache (other manifests, or an interrupted run)",
+                 manifest.source.name, len(manifest) - len(todo), len(manifest))
+    save = _partial_saver(embedders, entries, manifest, tta, reused, todo) if use_cache else None
+    computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
+                            max_fail_ratio, desc=f"embed {manifest.source.name}",
+                            readable_before=len(manifest) - len(todo), progress=save,
+                            progress_every_s=PARTIAL_EVERY_S) if len(todo) else [None] * len(embedders)
+    if reused[0][0] is None:
+        return computed
+    for (feats, _), rows in zip(reused, computed, strict=True):
+        if rows is not None:
             feats[todo] = rows
     return [feats for feats, _ in reused]
+
+
+def _partial_saver(embedders: list[Embedder], entries: list[Path], manifest: Manifest, tta: TTA, reused: list,
+                   todo: np.ndarray):
+    """progress(done, outputs) for extract_many: each embedder's rows known so far (reused ones and those
+    extracted, positions `done` of `todo`) stored as the partial entry of `entries`."""
+    def save(done: np.ndarray, outputs: list[np.ndarray]) -> None:
+        for emb, entry, (feats, found), out in zip(embedders, entries, reused, outputs, strict=True):
+            if feats is None:  # nothing reused: `out` has the manifest's rows
+                _store(partial_path(entry), out, emb, manifest, tta, rows=todo[done])
+                continue
+            feats[todo[done]] = out[done]
+            known = found.copy()
+            known[todo[done]] = True
+            _store(partial_path(entry), feats, emb, manifest, tta, rows=np.flatnonzero(known))
+    return save

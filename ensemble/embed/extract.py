@@ -6,6 +6,7 @@ image once and produce one tensor per distinct preprocessing, so N members cost 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from ..distributed import gather_rows, world
 from ..models.backbone import fixed_size_error
 from ..models.preprocess import Preprocess
 from ..progress import label
+
+# progress(rows embedded so far, every embedder's output array): see extract_many
+Progress = Callable[[np.ndarray, list[np.ndarray]], None]
 
 
 def embed_sizes(size_px: int, *extra_lists) -> list[int]:
@@ -122,7 +126,8 @@ def draft_px(embedders: list[Embedder], tta: TTA) -> int:
 def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TTA = TTA(), batch_size: int = 64,
                  workers: int = 2, max_fail_ratio: float = 0.01, desc: str = "embed",
                  blocks: dict[str, list[int]] | None = None, jpeg_draft: bool = True,
-                 normalize: bool = True, readable_before: int = 0) -> list[np.ndarray]:
+                 normalize: bool = True, readable_before: int = 0, progress: Progress | None = None,
+                 progress_every_s: float = 300.0) -> list[np.ndarray]:
     """Features of `paths` for every embedder, in manifest order; each image is decoded once.
 
     Rows of unreadable images are zero (warned about, and counted against max_fail_ratio).
@@ -130,6 +135,8 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
     normalize: False returns raw features (summed over views), e.g. to fit a layer on them.
     readable_before: rows of the same manifest read from a cache, so max_fail_ratio is judged on the manifest.
+    progress(rows, outputs): called at most every `progress_every_s` seconds (single process only) with the
+    rows of `paths` embedded so far and the outputs (valid on those rows), so a caller can save them.
     """
     specs = view_specs(embedders, tta)
     index_of = {spec: i for i, spec in enumerate(specs)}
@@ -142,6 +149,7 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
                         worker_init_fn=limit_worker_threads)
     fails = FailureLog(shard, max_fail_ratio, readable_before // w.size)
     outputs = [np.zeros((len(shard), e.out_dim), np.float32) for e in embedders]
+    done, saved_at = np.zeros(len(shard), bool), time.monotonic()
     with torch.inference_mode():
         names = ", ".join(e.name for e in embedders)
         for batch in tqdm(loader, desc=label(f"{desc} ({names})"), dynamic_ncols=True, leave=False,
@@ -153,5 +161,9 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
             for out, emb in zip(outputs, embedders, strict=True):
                 views = [batch["images"][index_of[v]].to(device) for v in emb.views(list(tta.extra_sizes))]
                 out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name), normalize).cpu().numpy()
+            done[rows] = True
+            if progress is not None and w.size == 1 and time.monotonic() - saved_at >= progress_every_s:
+                progress(np.flatnonzero(done), outputs)
+                saved_at = time.monotonic()
     fails.check(final=True)
     return [gather_rows(out, mine, len(paths), w) for out in outputs]

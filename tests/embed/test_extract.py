@@ -192,3 +192,37 @@ def test_a_fixed_size_vit_refuses_tta_sizes_and_keeps_its_cache_key(trained_work
     assert emb.key == "k:neck" and emb.extra_sizes == ()  # no extra sizes: the cache key as before
     with pytest.raises(EnsError, match=r"vit_a: TTA sizes \[48\], but this ViT takes only its training size 32 px"):
         extract_many([emb], [], cpu, TTA(flip=True, extra_sizes=(32, 48)), workers=0)  # an ensemble's tta
+
+
+def test_a_killed_extraction_resumes_from_its_last_partial_save(trained_workspace, tmp_path, monkeypatch):
+    """Rows extracted before a kill are saved as a partial entry (with those a killed earlier run saved);
+    the rerun decodes only the others, ends with the features of an uninterrupted run and removes it."""
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    uninterrupted = embed_manifest([emb], index, tmp_path / "a", cpu, workers=0, batch_size=4)[0]
+    monkeypatch.setattr(cache_module, "PARTIAL_EVERY_S", 0.0)  # save after every batch
+    real = dataset_module.decode_image
+
+    def killed_at(nth: int) -> None:
+        seen = []
+
+        def decode(path, draft_px=None):
+            seen.append(path)
+            if len(seen) == nth:
+                raise KeyboardInterrupt
+            return real(path, draft_px)
+        monkeypatch.setattr(dataset_module, "decode_image", decode)
+
+    for nth, saved_rows in ((11, 8), (5, 12)):  # killed in the 3rd batch, then in the 2nd batch of the rerun
+        killed_at(nth)
+        with pytest.raises(KeyboardInterrupt):
+            embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)
+        partial = list((tmp_path / "b").rglob("*.partial.npy"))
+        assert len(partial) == 1 and np.load(partial[0]).shape == (saved_rows, emb.out_dim)
+    monkeypatch.setattr(dataset_module, "decode_image", real)
+    decoded = counting_decoder(monkeypatch)
+    resumed = embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)[0]
+    assert sorted(decoded) == sorted(index.paths[12:])
+    assert np.allclose(resumed, uninterrupted, atol=1e-3)
+    assert not list((tmp_path / "b").rglob("*.partial.*"))

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_npy
 from ..data.augment import to_uint8_tensor
 from ..data.dataset import FailureLog, ImageDataset, collate_skip
 from ..data.manifest import Manifest
 from ..device import limit_worker_threads
+from ..embed.cache import load_checked, write_checked
 from ..errors import EnsError
 from ..hashing import file_sha1
 from .onnx import OnnxRunner, read_onnx_meta
@@ -48,14 +48,15 @@ def load_runner(path: str | Path, device: torch.device | None = None) -> Callabl
 def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None, workers: int = 2,
                    device: torch.device | None = None) -> np.ndarray:
     """Embed every manifest row with an exported file (a TorchScript file on `device`, default CPU),
-    each image fed whole at its own size (cached under `cache_dir` by file and manifest hash, unless
-    it is None). Unreadable images give zero rows."""
+    each image fed whole at its own size (cached under `cache_dir` by file and manifest hash, with the
+    cache file's SHA-1 checked on every read, unless it is None). Unreadable images give zero rows."""
     path = Path(path)
     key = hashlib.sha1(f"{file_sha1(path)}|{manifest.sha1}".encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"export-{path.name}" / f"{key}.npy" if cache_dir is not None else None
-    if cache is not None and cache.is_file():
-        return np.load(cache)
     dim = read_meta(path)["output_dim"]
+    cached = load_checked(cache, len(manifest), dim) if cache is not None else None
+    if cached is not None:
+        return cached
     run = load_runner(path, device)
     dataset = ImageDataset(manifest.paths, [0] * len(manifest), to_uint8_tensor)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skip,
@@ -69,5 +70,6 @@ def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None,
                 out[batch["indices"].numpy()] = run(batch["images"]).numpy()
     fails.check(final=True)
     if cache is not None:
-        atomic_write_npy(cache, out)
+        write_checked(cache, out, {"export": str(path), "manifest": str(manifest.source), "rows": len(manifest),
+                                   "dim": dim})
     return out

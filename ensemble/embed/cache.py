@@ -44,7 +44,8 @@ def _entry_sha1(path: Path) -> str | None:
         return None
 
 
-def _load(path: Path, rows: int, dim: int, mmap: bool = False, expected: str | None = None) -> np.ndarray | None:
+def load_checked(path: Path, rows: int, dim: int, mmap: bool = False,
+                 expected: str | None = None) -> np.ndarray | None:
     """A cache entry whose bytes match the checksum stored beside it (`expected`, when its JSON is
     already read), else None (recomputed)."""
     if not path.is_file():
@@ -64,16 +65,23 @@ def _load(path: Path, rows: int, dim: int, mmap: bool = False, expected: str | N
     return arr if mmap else arr.astype(np.float32)
 
 
+def write_checked(path: Path, array: np.ndarray, meta: dict) -> None:
+    """`array` as an .npy, then `meta` with the file's SHA-1 in the JSON beside it (written last: it names a
+    finished file), as load_checked reads it back."""
+    data = atomic_write_npy(path, array)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({**meta, "npy_sha1": hashlib.sha1(data).hexdigest()},
+                                                            indent=1))
+
+
 def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA,
            rows: np.ndarray | None = None) -> None:
     """An entry of `manifest`'s features; with `rows`, only those rows (a partial entry)."""
     paths = manifest.paths if rows is None else [manifest.paths[i] for i in rows]
-    data = atomic_write_npy(path, (feats if rows is None else feats[rows]).astype(np.float16))  # half the disk
     atomic_write_text(path.with_suffix(".paths"), "\n".join(paths))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(  # written last: names a finished entry
-        {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
-         "manifest_sha1": manifest.sha1, "rows": len(paths), "dim": emb.out_dim, "partial": rows is not None,
-         "npy_sha1": hashlib.sha1(data).hexdigest()}, indent=1))
+    write_checked(path, (feats if rows is None else feats[rows]).astype(np.float16),  # half the disk
+                  {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
+                   "manifest_sha1": manifest.sha1, "rows": len(paths), "dim": emb.out_dim,
+                   "partial": rows is not None})
 
 
 def partial_path(path: Path) -> Path:
@@ -101,8 +109,8 @@ def cached_rows(cache_dir: Path, emb: Embedder, manifest: Manifest,
         if meta.get("identity") != identity(emb, tta):
             continue
         pairs = [(row_of[p], j) for j, p in enumerate(paths) if p in row_of and not found[row_of[p]]]
-        cached = (_load(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True,
-                        expected=meta.get("npy_sha1")) if pairs and meta.get("npy_sha1") else None)
+        cached = (load_checked(meta_path.with_suffix(".npy"), len(paths), emb.out_dim, mmap=True,
+                               expected=meta.get("npy_sha1")) if pairs and meta.get("npy_sha1") else None)
         if cached is not None:
             rows, source = (np.array(side) for side in zip(*pairs, strict=True))
             values = np.asarray(cached[source], np.float32)
@@ -124,7 +132,7 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Pat
     mmap: return the float16 cache files memory-mapped (for data larger than memory).
     """
     paths = [cache_path(cache_dir, e, manifest, tta) for e in embedders]
-    found = [_load(p, len(manifest), e.out_dim, mmap) if use_cache else None
+    found = [load_checked(p, len(manifest), e.out_dim, mmap) if use_cache else None
              for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
@@ -136,7 +144,7 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Pat
                 _store(paths[i], feats, embedders[i], manifest, tta)
                 _drop_partial(paths[i])
             if use_cache and mmap and main:
-                found[i] = _load(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
+                found[i] = load_checked(paths[i], len(manifest), embedders[i].out_dim, mmap=True)
             else:
                 found[i] = feats.astype(np.float16).astype(np.float32)  # same values as a later cache hit
     return found

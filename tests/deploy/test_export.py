@@ -78,6 +78,11 @@ def test_exported_student_matches_ens_eval_embedding(distilled_workspace, tmp_pa
     module = jit_load(out)
     one = module(decoded_tensor(query.paths[0]))[0].numpy()
     assert np.allclose(one, from_file[0], atol=1e-5)
+    # the file's embeddings are cached with their checksum: a damaged cache file is embedded again, not read
+    (cached,) = (ws.cache_dir / f"export-{out.name}").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert np.array_equal(model.embed(query, ws, workers=0), from_file)
+    assert np.array_equal(np.load(cached), from_file)  # and rewritten whole
 
 
 def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_workspace, tmp_path, monkeypatch):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_npy, atomic_write_text
 from ..config.schema import StudentCfg
 from ..data.manifest import Manifest
 from ..data.sampler import ShuffleSampler
 from ..distributed import barrier, world
+from ..embed.cache import load_checked, write_checked
 from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model
 from ..fuse.combine import combine
@@ -54,9 +54,10 @@ class DistillData:
     concat: np.ndarray | None = None  # the ensemble's concatenation before its reducer (sim_kl_teacher: concat)
 
 
-def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str]:
-    """(ensemble name, sha1 of what defines its embedding): member checkpoint hashes, grouping, feature
-    power, features, TTA and the reducer's hash -- not paths, so a refit of the same ensemble keeps it."""
+def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) -> tuple[str, str, int]:
+    """(ensemble name, sha1 of what defines its embedding, its output dim): the sha1 covers member checkpoint
+    hashes, grouping, feature power, features, TTA and the reducer's hash -- not paths, so a refit of the same
+    ensemble keeps it."""
     try:
         ens = read_ensemble(Workspace.at(workdir), teacher)
     except EnsError as exc:
@@ -65,25 +66,36 @@ def teacher_fingerprint(workdir: str | Path | Workspace, teacher: str | None) ->
     defining = {"members": ens.member_keys, "groups": ens.groups, "features": ens.features, "tta": d["tta"],
                 "out_dim": d["out_dim"], "reducer": (d["reducer"] or {}).get("sha1"),
                 **power_identity(ens.power)}
-    return ens.name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()
+    return ens.name, hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest(), d["out_dim"]
 
 
 def teacher_targets(cfg: StudentCfg, ws: Workspace, manifest: Manifest, run_dir: Path) -> tuple[np.ndarray, dict]:
-    """The ensemble's embedding of every distill row, computed once and kept in run_dir/targets.npy."""
-    name, sha1 = teacher_fingerprint(ws, cfg.teacher)
+    """The ensemble's embedding of every distill row, computed once and kept in run_dir/targets.npy (its
+    checksum in targets.json beside it: damaged targets are computed again, not trained on)."""
+    name, sha1, dim = teacher_fingerprint(ws, cfg.teacher)
     info = {"ensemble": name, "ensemble_sha1": sha1, "manifest": str(manifest.source),
             "manifest_sha1": manifest.sha1, "rows": len(manifest)}
-    path, meta_path = run_dir / "targets.npy", run_dir / "targets.json"
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == info:
-        return np.load(path), info
+    path = run_dir / "targets.npy"
+    if _saved_info(path.with_suffix(".json")) == info:
+        cached = load_checked(path, len(manifest), dim)
+        if cached is not None:
+            return cached, info
     log.info("computing teacher targets with ensemble %s on %d images", name, len(manifest))
     targets = resolve_model(f"ensemble:{name}", ws).embed(manifest, ws, workers=cfg.loader.workers)  # sharded
     w = world()
     if w.main:
-        atomic_write_npy(path, targets)
-        atomic_write_text(meta_path, json.dumps(info))  # written last: names the finished targets
+        write_checked(path, targets, info)  # its JSON written last: names the finished targets
     barrier(w)
     return targets, info
+
+
+def _saved_info(meta_path: Path) -> dict | None:
+    """What saved targets were computed from (their targets.json without its checksum), None if unreadable."""
+    try:
+        saved = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in saved.items() if k != "npy_sha1"} if isinstance(saved, dict) else None
 
 
 def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:
@@ -157,7 +169,7 @@ def distill(cfg: StudentCfg, workdir: str | Path | Workspace) -> dict:
 def distill_soup(cfg: StudentCfg, ws: Workspace) -> dict:
     """A student that is the mean of the weights of its recipe's runs, one per seed (train/soup.py)."""
     run_dir = ws.student_dir(cfg.name)
-    _, teacher_sha1 = teacher_fingerprint(ws, cfg.teacher)
+    _, teacher_sha1, _ = teacher_fingerprint(ws, cfg.teacher)
     key = recipe_key(cfg, distill_manifest_sha1=distill_manifest(cfg).sha1, teacher_sha1=teacher_sha1)
     check_recipe(run_dir / MODEL_FILE, "student_model", key)  # before hours of training, not after
     ingredients = ingredient_cfgs(cfg)

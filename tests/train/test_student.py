@@ -142,6 +142,27 @@ def test_teacher_identity_survives_a_refit_but_not_a_new_reducer(distilled_works
     assert teacher_fingerprint(runs, "cat")[1] != rooted
 
 
+def test_damaged_teacher_targets_are_computed_again_not_trained_on(distilled_workspace, tmp_path):
+    import shutil
+
+    from ensemble.train.data import distill_manifest
+    from ensemble.train.student import teacher_targets
+
+    cfg = load_student_cfg(tiny_recipe(tmp_path, distilled_workspace.parent / "data.yaml", name="stu"), STUDENT_SETS)
+    ws, saved = Workspace(distilled_workspace), distilled_workspace / "students" / "stu"
+    good = np.load(saved / "targets.npy")
+    for damage in (lambda b: b[:100], lambda b: b[:-8 * 4 * 3]):  # truncated header; three rows short
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir()
+        for name in ("targets.npy", "targets.json"):
+            shutil.copy(saved / name, run / name)
+        (run / "targets.npy").write_bytes(damage((run / "targets.npy").read_bytes()))
+        targets, info = teacher_targets(cfg, ws, distill_manifest(cfg), run)
+        assert targets.shape == good.shape and np.allclose(targets, good, atol=1e-5) and info["rows"] == 24
+        assert np.array_equal(np.load(run / "targets.npy"), targets)  # and written again whole
+
+
 def test_member_term_is_the_mean_cosine_distance_of_each_projector_to_its_member():
     from ensemble.config.schema import DistillLossCfg
     from ensemble.models.member import EmbeddingModel

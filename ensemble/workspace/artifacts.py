@@ -172,10 +172,38 @@ def write_ensemble(ws: Workspace, description: dict, reducer: PCAReducer | None)
     return EnsembleFile(description["name"], folder, description, reducer)
 
 
+# what `ens fuse` writes into ensemble.yaml and its readers rely on: key -> (expected type(s), their name)
+ENSEMBLE_KEYS = {"config": (dict, "a mapping"), "members": (list, "a list"), "features": (str, "a string"),
+                 "groups": (list, "a list"), "tta": (dict, "a mapping"), "out_dim": (int, "an integer"),
+                 "reducer": ((dict, type(None)), "a mapping or null")}
+
+
+def read_description(path: Path) -> dict:
+    """ensemble.yaml as `ens fuse` wrote it; anything else (not YAML, a key missing or of another type, a member
+    entry without name or key) is a one-line EnsError naming the file and the key."""
+    try:
+        description = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EnsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    again = "written by `ens fuse`; run it again"
+    if not isinstance(description, dict):
+        raise EnsError(f"{path}: expected a mapping of keys ({again})")
+    for key, (kind, expected) in ENSEMBLE_KEYS.items():
+        if key not in description:
+            raise EnsError(f"{path}: missing key {key!r} ({again})")
+        value = description[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise EnsError(f"{path}: key {key!r}: expected {expected}, got {type(value).__name__} ({again})")
+    for i, member in enumerate(description["members"]):
+        if not (isinstance(member, dict) and all(isinstance(member.get(k), str) for k in ("name", "key"))):
+            raise EnsError(f"{path}: key 'members.{i}': expected a member entry with name and key ({again})")
+    return description
+
+
 def saved_ensemble_config(ws: Workspace, name: str) -> dict | None:
     """The config an ensemble was fitted with, or None when there is none."""
     path = ws.ensemble_dir(name) / ENSEMBLE_FILE
-    return yaml.safe_load(path.read_text())["config"] if path.is_file() else None
+    return read_description(path)["config"] if path.is_file() else None
 
 
 def read_ensemble(ws: Workspace, name: str | None = None) -> EnsembleFile:
@@ -184,10 +212,7 @@ def read_ensemble(ws: Workspace, name: str | None = None) -> EnsembleFile:
     folder = ws.ensemble_dir(name)
     if not (folder / ENSEMBLE_FILE).is_file():
         raise EnsError(f"ensemble {name!r}: not found at {folder} (run `ens fuse` first)")
-    try:
-        description = yaml.safe_load((folder / ENSEMBLE_FILE).read_text())
-    except yaml.YAMLError as exc:
-        raise EnsError(f"{folder / ENSEMBLE_FILE}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    description = read_description(folder / ENSEMBLE_FILE)
     reducer = None
     if description["reducer"]:
         path = folder / REDUCER_FILE

@@ -123,6 +123,30 @@ def test_reducer_not_matching_its_yaml_is_refused(trained_workspace, tmp_path):
         load_ensemble(other, "k")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("reducer"), r"missing key 'reducer'"),
+    (lambda d: d.update(out_dim="4"), r"key 'out_dim': expected an integer, got str"),
+    (lambda d: d["members"].__setitem__(0, "vit_a"), r"key 'members.0': expected a member entry with name and key"),
+])
+def test_a_hand_edited_ensemble_yaml_is_one_line_error(trained_workspace, tmp_path, edit, message):
+    import shutil
+
+    import yaml
+
+    other = tmp_path / "runs"
+    shutil.copytree(trained_workspace / "members", other / "members")
+    fuse(cfg(name="k", members=["vit_a"], pca=4), other)
+    path = other / "ensemble" / "k" / "ensemble.yaml"
+    description = yaml.safe_load(path.read_text())
+    edit(description)
+    path.write_text(yaml.safe_dump(description))
+    with pytest.raises(EnsError, match=rf"^\S+ensemble.yaml: {message} \(written by `ens fuse`; run it again\)$"):
+        load_ensemble(other, "k")
+    path.write_text("- a list\n")
+    with pytest.raises(EnsError, match=r"ensemble.yaml: expected a mapping of keys"):
+        load_ensemble(other, "k")
+
+
 def test_learned_projection_through_fuse(trained_workspace):
     from ensemble.commands import fuse as fuse_command
 

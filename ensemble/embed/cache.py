@@ -52,7 +52,8 @@ def load_checked(path: Path, rows: int, dim: int, mmap: bool = False,
         return None
     expected = expected or _entry_sha1(path)
     if expected is None or file_sha1(path) != expected:
-        log.warning("ignoring cache file %s: its content does not match the checksum stored with it", path)
+        why = "no checksum stored with it" if expected is None else "its content does not match its checksum"
+        log.warning("ignoring cache file %s: %s", path, why)
         return None
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None)

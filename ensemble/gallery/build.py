@@ -59,6 +59,7 @@ def add_to_gallery(folder: str | Path, workdir, manifest: str | None = None, ima
     model = gallery_model(gallery, ws)
     with tempfile.TemporaryDirectory() as scratch:
         rows = gallery_images(manifest, images_folder, Path(scratch))
+        gallery.refuse_known(rows.paths, manifest or f"--folder {images_folder}")  # before embedding them all
         gallery.add(model.embed(rows, ws, workers=workers), rows)
     save(gallery)
     return gallery

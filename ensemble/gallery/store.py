@@ -65,13 +65,16 @@ class Gallery:
         squared, rows = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, self.index.ntotal))
         return np.sqrt(np.maximum(squared, 0)), rows
 
+    def refuse_known(self, paths, source: str) -> None:
+        """One-line EnsError naming `source` (where `paths` came from) if any of them is in the gallery."""
+        known = {r["path"] for r in self.rows}
+        again = [p for p in paths if p in known]
+        if again:
+            raise EnsError(f"{source}: {len(again)} image(s) already in the gallery {self.folder}, e.g. {again[0]}")
+
     def add(self, vectors: np.ndarray, manifest: Manifest) -> None:
         """Append vectors and their rows (refuses images already in the gallery)."""
-        known = {r["path"] for r in self.rows}
-        again = [p for p in manifest.paths if p in known]
-        if again:
-            raise EnsError(f"{manifest.source}: {len(again)} image(s) already in the gallery {self.folder}, "
-                           f"e.g. {again[0]}")
+        self.refuse_known(manifest.paths, str(manifest.source))
         self.index.add(np.ascontiguousarray(vectors, np.float32))
         self.rows += manifest_rows(manifest)
 
@@ -106,7 +109,12 @@ def load(folder: str | Path) -> Gallery:
     folder = Path(folder)
     if not (folder / META_FILE).is_file():
         raise EnsError(f"{folder}: not a gallery (no {META_FILE}; build one with `ens index build`)")
-    meta = json.loads((folder / META_FILE).read_text())
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise EnsError(f"{folder / META_FILE}: unreadable ({exc}); rebuild the gallery") from None
+    if not isinstance(meta, dict):
+        raise EnsError(f"{folder / META_FILE}: expected a JSON object; rebuild the gallery")
     for name, key in ((INDEX_FILE, "index_sha1"), (ROWS_FILE, "rows_sha1")):
         if not (folder / name).is_file() or file_sha1(folder / name) != meta.get(key):
             raise EnsError(f"{folder / name}: does not match {META_FILE} (damaged, or an interrupted write); "

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from ensemble.cli import main
 from ensemble.data.manifest import read_manifest
+from ensemble.workspace.resolve import ResolvedModel
 
 
 def run(*args):
@@ -40,7 +41,7 @@ def test_build_search_add_and_a_changed_model_is_refused(distilled_workspace, tm
     assert other.exit_code == 2 and "embeds differently" in other.output
 
 
-def test_folder_galleries_are_labelled_by_folder(distilled_workspace, tmp_path):
+def test_folder_galleries_are_labelled_by_folder(distilled_workspace, tmp_path, monkeypatch):
     import shutil
 
     from ensemble.gallery.build import build_gallery
@@ -57,6 +58,13 @@ def test_folder_galleries_are_labelled_by_folder(distilled_workspace, tmp_path):
         build_gallery("vit_a", distilled_workspace, tmp_path / "h")
     with pytest.raises(EnsError, match="a gallery is already there"):
         build_gallery("vit_a", distilled_workspace, tmp_path / "g", folder=str(tmp_path / "imgs"))
+    from ensemble.gallery.build import add_to_gallery
+
+    embedded = []
+    monkeypatch.setattr(ResolvedModel, "embed", lambda self, *a, **k: embedded.append(1))
+    with pytest.raises(EnsError, match=r"^--folder \S+imgs: 6 image\(s\) already in the gallery"):
+        add_to_gallery(tmp_path / "g", distilled_workspace, images_folder=str(tmp_path / "imgs"), workers=0)
+    assert not embedded  # refused before any image is embedded
 
 
 def test_a_gallery_of_an_exported_file_is_searched_with_that_file(distilled_workspace, tmp_path):

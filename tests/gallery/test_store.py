@@ -35,5 +35,9 @@ def test_saved_gallery_searches_like_brute_force_and_refuses_damage(tmp_path):
     (tmp_path / "rows.csv").write_text("path,label,domain\n")
     with pytest.raises(EnsError, match=r"rows.csv: does not match gallery.json"):
         load(tmp_path)
+    for damaged, message in (("{", r"gallery.json: unreadable \(Expecting"), ("[]", "expected a JSON object")):
+        (tmp_path / "gallery.json").write_text(damaged)
+        with pytest.raises(EnsError, match=message):
+            load(tmp_path)
     with pytest.raises(EnsError, match="not a gallery"):
         load(tmp_path / "nothing")

@@ -160,8 +160,12 @@ def export_or_reuse(student: str, workdir: str | Path | Workspace) -> Path:
     meta = out.with_suffix(".json")
     current = file_sha1(ws.student_dir(student) / MODEL_FILE)
     if out.is_file() and meta.is_file():
-        described = json.loads(meta.read_text())
-        if described.get("sha1") and described["members"][0]["checkpoint_sha1"] == current:
+        try:
+            described = json.loads(meta.read_text())
+            same = bool(described.get("sha1")) and described["members"][0]["checkpoint_sha1"] == current
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            same = False  # a damaged description: export again
+        if same:
             return out
     export(f"student:{student}", ws, out)
     return out

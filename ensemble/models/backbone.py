@@ -181,7 +181,15 @@ def _weights_overlay(path: str, arch: str) -> dict:
     overlay = {}
     sidecar = Path(path).with_suffix(".json")
     if sidecar.is_file():
-        overlay.update(json.loads(sidecar.read_text()).get("pretrained_cfg_overlay", {}))
+        try:
+            described = json.loads(sidecar.read_text())
+        except ValueError as exc:
+            raise EnsError(f"{sidecar}: not valid JSON ({exc}); the weights' sidecar describes them "
+                           "(pretrained_cfg_overlay)") from None
+        found = described.get("pretrained_cfg_overlay", {}) if isinstance(described, dict) else None
+        if not isinstance(found, dict):
+            raise EnsError(f"{sidecar}: expected a JSON object whose pretrained_cfg_overlay is an object")
+        overlay.update(found)
     overlay["file"] = path
     classifier = overlay.get("classifier") or timm.models.get_pretrained_cfg(arch).classifier
     if isinstance(classifier, list | tuple):

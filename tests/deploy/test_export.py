@@ -93,6 +93,20 @@ def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_works
     assert not out.exists() and not list(tmp_path.glob(".bad.pt*"))
 
 
+def test_a_damaged_export_description_is_exported_again(distilled_workspace, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    for folder in ("members", "ensemble", "students"):
+        shutil.copytree(distilled_workspace / folder, runs / folder)
+    out = export_mod.export_or_reuse("stu", runs)
+    first = out.stat().st_mtime_ns
+    assert export_mod.export_or_reuse("stu", runs) == out and out.stat().st_mtime_ns == first  # reused
+    out.with_suffix(".json").write_text("{")
+    assert export_mod.export_or_reuse("stu", runs) == out and out.stat().st_mtime_ns != first  # exported again
+    assert json.loads(out.with_suffix(".json").read_text())["members"][0]["checkpoint_sha1"]
+
+
 def test_export_errors(distilled_workspace, tmp_path):
     with pytest.raises(EnsError, match="expected a .pt file name"):
         export("student:stu", distilled_workspace, tmp_path / "x.bin")

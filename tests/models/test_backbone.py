@@ -53,6 +53,18 @@ def test_timm_local_weights_match_the_documented_loading():
     assert bb.out_dim == 1024 and bb.mean == pytest.approx((0.50196,) * 3, abs=1e-4)
 
 
+def test_a_damaged_weights_sidecar_is_one_line_error(tmp_path):
+    need_shared(MOBILENET_V1)
+    weights = tmp_path / "w.safetensors"
+    weights.symlink_to(MOBILENET_V1)
+    cfg = BackboneCfg(source="timm", arch="mobilenetv1_100", pretrained=str(weights))
+    for damaged, message in (("{", r"w.json: not valid JSON"),
+                             ('{"pretrained_cfg_overlay": 3}', "expected a JSON")):
+        (tmp_path / "w.json").write_text(damaged)
+        with pytest.raises(EnsError, match=message):
+            build_backbone(cfg)
+
+
 def test_timm_vit_image_size_and_layer_ids():
     bb = build_backbone(BackboneCfg(source="timm", arch="test_vit", image_size=64))
     assert bb.image_size == 64 and bb(torch.zeros(1, 3, 64, 64)).shape == (1, bb.out_dim)

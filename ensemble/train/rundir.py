@@ -63,7 +63,7 @@ def cached_result(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
             stored = json.loads(path.read_text())
         except ValueError:
             stored = {}
-        if stored.get("eval_key") == key:
+        if isinstance(stored, dict) and stored.get("eval_key") == key:
             return stored
     result = {**compute(), "eval_key": key}
     atomic_write_json(path, result)

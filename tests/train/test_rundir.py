@@ -62,3 +62,13 @@ def test_an_option_added_later_at_its_off_default_keeps_older_runs_usable():
         check_same_recipe(Path("best.pt"), old, {**new, "backbone": {**new["backbone"], "feature_kd": 10}})
     with pytest.raises(EnsError, match=r"different recipe \(backbone.wise_ft: None -> 0.5\)"):
         check_same_recipe(Path("best.pt"), old, {**old, "backbone": {"arch": "a", "wise_ft": 0.5}})
+
+
+@pytest.mark.parametrize("damaged", ["{", "[]", '"text"'])
+def test_a_damaged_stored_result_is_computed_again(tmp_path, damaged):
+    from ensemble.train.rundir import cached_result
+
+    path = tmp_path / "eval.json"
+    path.write_text(damaged)
+    assert cached_result(path, {"k": 1}, lambda: {"mP@5": 0.5}) == {"mP@5": 0.5, "eval_key": {"k": 1}}
+    assert cached_result(path, {"k": 1}, lambda: {"mP@5": 0.0})["mP@5"] == 0.5  # and stored: reused next time

@@ -37,11 +37,17 @@ def cache_path(cache_dir: Path, emb: Embedder, manifest: Manifest, tta: TTA) -> 
     return Path(cache_dir) / emb.name / f"{key}.npy"
 
 
-def _entry_sha1(path: Path) -> str | None:
+def checked_meta(path: Path) -> dict | None:
+    """The JSON that write_checked wrote beside the .npy at `path` (its npy_sha1 included), None if unreadable."""
     try:
-        return json.loads(path.with_suffix(".json").read_text()).get("npy_sha1")
+        meta = json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _entry_sha1(path: Path) -> str | None:
+    return (checked_meta(path) or {}).get("npy_sha1")
 
 
 def load_checked(path: Path, rows: int, dim: int, mmap: bool = False,
@@ -158,21 +164,23 @@ def _extract_missing(embedders: list[Embedder], entries: list[Path], manifest: M
     run), the rest extracted, saving partial entries (at `entries`) as it goes."""
     reused = [cached_rows(cache_dir, e, manifest, tta) for e in embedders] if use_cache else []
     todo = np.flatnonzero(~np.logical_and.reduce([found for _, found in reused])) if reused else None
-    if todo is None or len(todo) == len(manifest):  # nothing to reuse: no second full-size array
+    fresh = todo is None or len(todo) == len(manifest)  # nothing to reuse: no second full-size array
+    if fresh:
         todo, reused = np.arange(len(manifest)), [(None, None)] * len(embedders)
     else:
         log.info("embed %s: %d of %d images found in the cache (other manifests, or an interrupted run)",
                  manifest.source.name, len(manifest) - len(todo), len(manifest))
+        if not len(todo):
+            return [feats for feats, _ in reused]
     save = _partial_saver(embedders, entries, manifest, tta, reused, todo) if use_cache else None
     computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
                             max_fail_ratio, desc=f"embed {manifest.source.name}",
                             readable_before=len(manifest) - len(todo), progress=save,
-                            progress_every_s=PARTIAL_EVERY_S) if len(todo) else [None] * len(embedders)
-    if reused[0][0] is None:
+                            progress_every_s=PARTIAL_EVERY_S)
+    if fresh:
         return computed
     for (feats, _), rows in zip(reused, computed, strict=True):
-        if rows is not None:
-            feats[todo] = rows
+        feats[todo] = rows
     return [feats for feats, _ in reused]
 
 

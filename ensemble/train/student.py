@@ -20,7 +20,7 @@ from ..config.schema import StudentCfg
 from ..data.manifest import Manifest
 from ..data.sampler import ShuffleSampler
 from ..distributed import barrier, world
-from ..embed.cache import load_checked, write_checked
+from ..embed.cache import checked_meta, load_checked, write_checked
 from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model
 from ..fuse.combine import combine
@@ -76,8 +76,9 @@ def teacher_targets(cfg: StudentCfg, ws: Workspace, manifest: Manifest, run_dir:
     info = {"ensemble": name, "ensemble_sha1": sha1, "manifest": str(manifest.source),
             "manifest_sha1": manifest.sha1, "rows": len(manifest)}
     path = run_dir / "targets.npy"
-    if _saved_info(path.with_suffix(".json")) == info:
-        cached = load_checked(path, len(manifest), dim)
+    saved = checked_meta(path) or {}
+    if {k: v for k, v in saved.items() if k != "npy_sha1"} == info:
+        cached = load_checked(path, len(manifest), dim, expected=saved.get("npy_sha1"))
         if cached is not None:
             return cached, info
     log.info("computing teacher targets with ensemble %s on %d images", name, len(manifest))
@@ -87,15 +88,6 @@ def teacher_targets(cfg: StudentCfg, ws: Workspace, manifest: Manifest, run_dir:
         write_checked(path, targets, info)  # its JSON written last: names the finished targets
     barrier(w)
     return targets, info
-
-
-def _saved_info(meta_path: Path) -> dict | None:
-    """What saved targets were computed from (their targets.json without its checksum), None if unreadable."""
-    try:
-        saved = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return None
-    return {k: v for k, v in saved.items() if k != "npy_sha1"} if isinstance(saved, dict) else None
 
 
 def distill_data(cfg: StudentCfg, ws: Workspace, run_dir: Path) -> DistillData:

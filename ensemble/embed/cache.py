@@ -2,9 +2,9 @@
 
 Each cache file lists its image paths beside it (`<key>.paths`), so a new manifest that shares images
 with cached ones (e.g. a distill set = train + index) extracts only the images not seen before. A long
-extraction saves the rows it has so far every PARTIAL_EVERY_S seconds as a partial entry
-(`<key>.partial.*`, found by path like any other entry), so a killed run resumes from its last save; the
-finished entry replaces it.
+extraction saves the rows it has extracted so far every PARTIAL_EVERY_S seconds as a partial entry
+(`<key>.partial-<run>.*`, one per process and run, found by path like any other entry), so a killed run
+resumes from its last save, and a killed resume from its own; the finished entry replaces them all.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -82,23 +83,26 @@ def write_checked(path: Path, array: np.ndarray, meta: dict) -> None:
 
 def _store(path: Path, feats: np.ndarray, emb: Embedder, manifest: Manifest, tta: TTA,
            rows: np.ndarray | None = None) -> None:
-    """An entry of `manifest`'s features; with `rows`, only those rows (a partial entry)."""
+    """An entry of `manifest`'s features; with `rows`, the features of only those rows (a partial entry)."""
     paths = manifest.paths if rows is None else [manifest.paths[i] for i in rows]
     atomic_write_text(path.with_suffix(".paths"), "\n".join(paths))
-    write_checked(path, (feats if rows is None else feats[rows]).astype(np.float16),  # half the disk
+    write_checked(path, feats.astype(np.float16),  # half the disk
                   {"model": emb.name, "identity": identity(emb, tta), "manifest": str(manifest.source),
                    "manifest_sha1": manifest.sha1, "rows": len(paths), "dim": emb.out_dim,
                    "partial": rows is not None})
 
 
-def partial_path(path: Path) -> Path:
-    """Where the entry at `path` keeps its rows while it is being extracted."""
-    return path.with_name(f"{path.stem}.partial.npy")
+def partial_path(path: Path, run: str) -> Path:
+    """Where one process of one run (`run`) keeps the rows it extracted for the entry at `path`."""
+    return path.with_name(f"{path.stem}.partial-{run}.npy")
 
 
 def _drop_partial(path: Path) -> None:
-    for suffix in (".json", ".paths", ".npy"):  # the JSON first: without it the entry is not read
-        partial_path(path).with_suffix(suffix).unlink(missing_ok=True)
+    """Every partial entry of `path` (each process's, each killed run's), the JSONs first: without its JSON
+    an entry is not read."""
+    for suffix in (".json", ".paths", ".npy"):
+        for part in path.parent.glob(f"{path.stem}.partial*{suffix}"):
+            part.unlink(missing_ok=True)
 
 
 def cached_rows(cache_dir: Path, emb: Embedder, manifest: Manifest,
@@ -172,7 +176,7 @@ def _extract_missing(embedders: list[Embedder], entries: list[Path], manifest: M
                  manifest.source.name, len(manifest) - len(todo), len(manifest))
         if not len(todo):
             return [feats for feats, _ in reused]
-    save = _partial_saver(embedders, entries, manifest, tta, reused, todo) if use_cache else None
+    save = _partial_saver(embedders, entries, manifest, tta, todo) if use_cache else None
     computed = extract_many(embedders, [manifest.paths[i] for i in todo], device, tta, batch_size, workers,
                             max_fail_ratio, desc=f"embed {manifest.source.name}",
                             readable_before=len(manifest) - len(todo), progress=save,
@@ -184,17 +188,14 @@ def _extract_missing(embedders: list[Embedder], entries: list[Path], manifest: M
     return [feats for feats, _ in reused]
 
 
-def _partial_saver(embedders: list[Embedder], entries: list[Path], manifest: Manifest, tta: TTA, reused: list,
+def _partial_saver(embedders: list[Embedder], entries: list[Path], manifest: Manifest, tta: TTA,
                    todo: np.ndarray):
-    """progress(done, outputs) for extract_many: each embedder's rows known so far (reused ones and those
-    extracted, positions `done` of `todo`) stored as the partial entry of `entries`."""
-    def save(done: np.ndarray, outputs: list[np.ndarray]) -> None:
-        for emb, entry, (feats, found), out in zip(embedders, entries, reused, outputs, strict=True):
-            if feats is None:  # nothing reused: `out` has the manifest's rows
-                _store(partial_path(entry), out, emb, manifest, tta, rows=todo[done])
-                continue
-            feats[todo[done]] = out[done]
-            known = found.copy()
-            known[todo[done]] = True
-            _store(partial_path(entry), feats, emb, manifest, tta, rows=np.flatnonzero(known))
+    """progress(rows, features) for extract_many: the rows this process has extracted (positions `rows` of
+    `todo`) stored as its own partial entry of each of `entries`. Entries an earlier killed run saved stay
+    beside it (this run reused their rows) until the finished entry replaces them all."""
+    run = uuid.uuid4().hex[:12]  # per process: ranks and reruns never overwrite each other's rows
+
+    def save(rows: np.ndarray, features: list[np.ndarray]) -> None:
+        for emb, entry, feats in zip(embedders, entries, features, strict=True):
+            _store(partial_path(entry, run), feats, emb, manifest, tta, rows=todo[rows])
     return save

@@ -24,7 +24,7 @@ from ..models.backbone import fixed_size_error
 from ..models.preprocess import Preprocess
 from ..progress import label
 
-# progress(rows embedded so far, every embedder's output array): see extract_many
+# progress(positions in paths embedded so far, each embedder's features of those rows): see extract_many
 Progress = Callable[[np.ndarray, list[np.ndarray]], None]
 
 
@@ -135,8 +135,9 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
     jpeg_draft: let libjpeg decode JPEGs at a reduced scale (never below the largest size needed).
     normalize: False returns raw features (summed over views), e.g. to fit a layer on them.
     readable_before: rows of the same manifest read from a cache, so max_fail_ratio is judged on the manifest.
-    progress(rows, outputs): called at most every `progress_every_s` seconds (single process only) with the
-    rows of `paths` embedded so far and the outputs (valid on those rows), so a caller can save them.
+    progress(rows, features): called at most every `progress_every_s` seconds with the positions in `paths`
+    this process has embedded so far and each embedder's features of them, so a caller can save them (in a
+    multi-process run each rank reports its own shard, before the gather).
     """
     specs = view_specs(embedders, tta)
     index_of = {spec: i for i, spec in enumerate(specs)}
@@ -162,8 +163,9 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
                 views = [batch["images"][index_of[v]].to(device) for v in emb.views(list(tta.extra_sizes))]
                 out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name), normalize).cpu().numpy()
             done[rows] = True
-            if progress is not None and w.size == 1 and time.monotonic() - saved_at >= progress_every_s:
-                progress(np.flatnonzero(done), outputs)
+            if progress is not None and time.monotonic() - saved_at >= progress_every_s:
+                rows = np.flatnonzero(done)
+                progress(mine[rows], [out[rows] for out in outputs])
                 saved_at = time.monotonic()
     fails.check(final=True)
     return [gather_rows(out, mine, len(paths), w) for out in outputs]

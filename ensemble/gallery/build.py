@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..data.decode import DecodeError, decode_image
 from ..data.manifest import Manifest, check_unique, folder_manifest, read_manifest, write_path_manifest
 from ..errors import EnsError
 from ..workspace.layout import Workspace
@@ -65,14 +66,24 @@ def add_to_gallery(folder: str | Path, workdir, manifest: str | None = None, ima
     return gallery
 
 
+def check_queries(images: list[str]) -> None:
+    """Every query image decodes: a query the user names is never skipped (its zero row would still get
+    neighbours), and one bad image is named as such, not as a failure ratio."""
+    for path in images:
+        if not Path(path).is_file():
+            raise EnsError(f"{path}: image not found")
+        try:
+            decode_image(path)
+        except DecodeError as exc:
+            raise EnsError(f"{path}: unreadable image ({exc})") from None
+
+
 def search_gallery(folder: str | Path, workdir, images: list[str], k: int = 10,
                    spec: str | None = None) -> list[dict]:
     """For each query image, its k nearest gallery images with Euclidean distances."""
     ws, gallery = Workspace.at(workdir), load(folder)
     model = gallery_model(gallery, ws, spec)
-    missing = [p for p in images if not Path(p).is_file()]
-    if missing:
-        raise EnsError(f"{missing[0]}: image not found")
+    check_queries(images)
     with tempfile.TemporaryDirectory() as scratch:
         queries = write_path_manifest(images, Path(scratch) / "q.csv")
         vectors = model.embed(queries, ws, workers=0, cache=False)

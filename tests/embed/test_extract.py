@@ -7,7 +7,9 @@ import torch
 
 import ensemble.data.dataset as dataset_module
 import ensemble.embed.cache as cache_module
+import ensemble.embed.extract as extract_module
 from ensemble.data.manifest import read_manifest
+from ensemble.distributed import World
 from ensemble.embed.cache import embed_manifest
 from ensemble.embed.embedder import model_embedder
 from ensemble.embed.extract import TTA, Embedder, extract_many
@@ -194,35 +196,71 @@ def test_a_fixed_size_vit_refuses_tta_sizes_and_keeps_its_cache_key(trained_work
         extract_many([emb], [], cpu, TTA(flip=True, extra_sizes=(32, 48)), workers=0)  # an ensemble's tta
 
 
+def kill_at_decode(monkeypatch, nth: int) -> None:
+    """The nth image decoded from now on raises KeyboardInterrupt (a killed run)."""
+    seen, real = [], dataset_module.decode_image
+
+    def decode(path, draft_px=None):
+        seen.append(path)
+        if len(seen) == nth:
+            raise KeyboardInterrupt
+        return real(path, draft_px)
+    monkeypatch.setattr(dataset_module, "decode_image", decode)
+
+
+def partial_entries(folder: Path) -> list[list[str]]:
+    """The image paths of each partial cache entry below `folder`, checking each array's row count."""
+    entries = []
+    for npy in sorted(folder.rglob("*.partial-*.npy"), key=lambda p: p.stat().st_mtime_ns):
+        paths = npy.with_suffix(".paths").read_text().split("\n")
+        assert np.load(npy).shape[0] == len(paths)
+        entries.append(paths)
+    return entries
+
+
 def test_a_killed_extraction_resumes_from_its_last_partial_save(trained_workspace, tmp_path, monkeypatch):
-    """Rows extracted before a kill are saved as a partial entry (with those a killed earlier run saved);
-    the rerun decodes only the others, ends with the features of an uninterrupted run and removes it."""
+    """Rows extracted before a kill are saved as a partial entry, and a killed rerun saves its own beside it;
+    the next rerun decodes only the others, ends with the features of an uninterrupted run and removes them."""
     cpu = torch.device("cpu")
     index = read_manifest(trained_workspace.parent / "index.csv")
     emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
     uninterrupted = embed_manifest([emb], index, tmp_path / "a", cpu, workers=0, batch_size=4)[0]
     monkeypatch.setattr(cache_module, "PARTIAL_EVERY_S", 0.0)  # save after every batch
     real = dataset_module.decode_image
-
-    def killed_at(nth: int) -> None:
-        seen = []
-
-        def decode(path, draft_px=None):
-            seen.append(path)
-            if len(seen) == nth:
-                raise KeyboardInterrupt
-            return real(path, draft_px)
-        monkeypatch.setattr(dataset_module, "decode_image", decode)
-
-    for nth, saved_rows in ((11, 8), (5, 12)):  # killed in the 3rd batch, then in the 2nd batch of the rerun
-        killed_at(nth)
+    for nth in (11, 5):  # killed in the 3rd batch, then in the 2nd batch of the rerun
+        kill_at_decode(monkeypatch, nth)
         with pytest.raises(KeyboardInterrupt):
             embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)
-        partial = list((tmp_path / "b").rglob("*.partial.npy"))
-        assert len(partial) == 1 and np.load(partial[0]).shape == (saved_rows, emb.out_dim)
+    assert partial_entries(tmp_path / "b") == [list(index.paths[:8]), list(index.paths[8:12])]
     monkeypatch.setattr(dataset_module, "decode_image", real)
     decoded = counting_decoder(monkeypatch)
     resumed = embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)[0]
     assert sorted(decoded) == sorted(index.paths[12:])
     assert np.allclose(resumed, uninterrupted, atol=1e-3)
-    assert not list((tmp_path / "b").rglob("*.partial.*"))
+    assert not list((tmp_path / "b").rglob("*.partial*"))
+
+
+def test_each_rank_of_a_killed_multi_process_run_saves_its_own_shard(trained_workspace, tmp_path, monkeypatch):
+    """Rank r of 2 saves the rows it extracted (its shard of the rows not cached) before the gather, as its
+    own entry; a rerun in any number of processes (here one) decodes only the rows no rank saved."""
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    uninterrupted = embed_manifest([emb], index, tmp_path / "a", cpu, workers=0, batch_size=4)[0]
+    monkeypatch.setattr(cache_module, "PARTIAL_EVERY_S", 0.0)
+    real = dataset_module.decode_image
+    for rank in (0, 1):  # each rank killed in its 2nd batch
+        monkeypatch.setattr(extract_module, "world", lambda r=rank: World(rank=r, size=2))
+        kill_at_decode(monkeypatch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)
+    # rank 1's run reused rank 0's rows: its shard is every 2nd row of the rest (1, 3, 5, 7, 8, 9, ...)
+    saved = [[0, 2, 4, 6], [3, 7, 9, 11]]
+    assert partial_entries(tmp_path / "b") == [[index.paths[i] for i in rows] for rows in saved]
+    monkeypatch.setattr(extract_module, "world", World)
+    monkeypatch.setattr(dataset_module, "decode_image", real)
+    decoded = counting_decoder(monkeypatch)
+    resumed = embed_manifest([emb], index, tmp_path / "b", cpu, workers=0, batch_size=4)[0]
+    assert sorted(decoded) == sorted(set(index.paths) - {index.paths[i] for rows in saved for i in rows})
+    assert np.allclose(resumed, uninterrupted, atol=1e-3)
+    assert not list((tmp_path / "b").rglob("*.partial*"))

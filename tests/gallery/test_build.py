@@ -78,3 +78,20 @@ def test_a_gallery_of_an_exported_file_is_searched_with_that_file(distilled_work
     index = read_manifest(data / "index.csv")
     found = search_gallery(tmp_path / "g", distilled_workspace, [index.paths[5]], k=1)
     assert found[0]["neighbours"][0]["path"] == index.paths[5]
+
+
+def test_an_unreadable_query_image_is_named_not_counted(distilled_workspace, tmp_path):
+    """A query the user names is never skipped as a zero row: one bad image among good ones is an error
+    naming it (it was '1 of 2 images unreadable (50.0% > max_fail_ratio 1.0%)')."""
+    from ensemble.errors import EnsError
+    from ensemble.gallery.build import build_gallery, search_gallery
+
+    data = distilled_workspace.parent
+    build_gallery("student:stu", distilled_workspace, tmp_path / "g", manifest=str(data / "index.csv"), workers=0)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    good = read_manifest(data / "index.csv").paths[0]
+    with pytest.raises(EnsError, match=rf"^{broken}: unreadable image \(cannot identify image file"):
+        search_gallery(tmp_path / "g", distilled_workspace, [good, str(broken)], k=1)
+    with pytest.raises(EnsError, match=rf"^{tmp_path / 'gone.jpg'}: image not found$"):
+        search_gallery(tmp_path / "g", distilled_workspace, [str(tmp_path / "gone.jpg")], k=1)

@@ -52,14 +52,17 @@ def collate_skip(batch) -> dict:
 
 
 class FailureLog:
-    """Counts decoded and failed images; warns once per file; stops past `max_ratio`."""
+    """Counts decoded and failed images; warns once per file; stops past `max_ratio` of the job.
 
-    MIN_SEEN = 50  # do not judge the ratio on the first handful of images
+    Mid-run it stops as soon as the failures are more than the whole job may have (max_ratio of its images),
+    so one bad image among the first few never ends a run that would finish within bounds, and a job of
+    broken images stops after max_ratio of them."""
 
     def __init__(self, paths, max_ratio: float, readable_before: int = 0):
         """readable_before: rows of the same job already embedded elsewhere (a cache), counted as read."""
         self.paths, self.max_ratio = list(paths), max_ratio
         self.seen, self.failed = readable_before, {}
+        self.total = len(self.paths) + readable_before
 
     def update(self, batch: dict) -> None:
         self.seen += len(batch["indices"]) + len(batch["failed"])
@@ -70,10 +73,15 @@ class FailureLog:
         self.check(final=False)
 
     def check(self, final: bool = True) -> None:
-        if self.seen == 0 or (not final and self.seen < self.MIN_SEEN):
+        if self.seen == 0:
             return
-        ratio = len(self.failed) / max(self.seen, 1)
-        if ratio > self.max_ratio:
-            first = next(iter(self.failed))
-            raise EnsError(f"{len(self.failed)} of {self.seen} images unreadable ({ratio:.1%} > "
-                           f"max_fail_ratio {self.max_ratio:.1%}); first: {first}: {self.failed[first]}")
+        ratio = len(self.failed) / self.seen
+        limit = f"max_fail_ratio {self.max_ratio:.1%}"
+        if final and ratio > self.max_ratio:
+            why = f"{len(self.failed)} of {self.seen} images unreadable ({ratio:.1%} > {limit})"
+        elif not final and len(self.failed) > self.max_ratio * self.total:
+            why = f"{len(self.failed)} images unreadable already, more than {limit} of the job's {self.total} allows"
+        else:
+            return
+        first = next(iter(self.failed))
+        raise EnsError(f"{why}; first: {first}: {self.failed[first]}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from ..data.decode import DecodeError, decode_image
 from ..data.manifest import Manifest, check_unique, folder_manifest, read_manifest, write_path_manifest
@@ -11,6 +15,8 @@ from ..errors import EnsError
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
 from .store import APPROX_ABOVE, Gallery, build_faiss, load, manifest_rows, save
+
+log = logging.getLogger("ensemble")
 
 
 def gallery_images(manifest: str | None, folder: str | None, scratch: Path) -> Manifest:
@@ -20,6 +26,19 @@ def gallery_images(manifest: str | None, folder: str | None, scratch: Path) -> M
     rows = read_manifest(manifest, require_label=False) if manifest else folder_manifest(folder, scratch / "f.csv")
     check_unique(rows)
     return rows
+
+
+def readable_rows(rows: Manifest, vectors: np.ndarray) -> tuple[Manifest, np.ndarray]:
+    """The images that embedded: extraction leaves an unreadable image (within max_fail_ratio, warned about)
+    as a zero row, which a gallery would return as a neighbour of every query at distance 1."""
+    keep = vectors.any(axis=1)
+    if keep.all():
+        return rows, vectors
+    log.warning("left %d unreadable image(s) out of the gallery (named above); fix them and `ens index add` them",
+                int((~keep).sum()))
+    kept = np.flatnonzero(keep)
+    columns = {name: tuple(getattr(rows, name)[i] for i in kept) for name in ("paths", "labels", "domains")}
+    return dataclasses.replace(rows, **columns), vectors[keep]
 
 
 def build_gallery(spec: str | None, workdir, out: str | Path, manifest: str | None = None,
@@ -32,7 +51,7 @@ def build_gallery(spec: str | None, workdir, out: str | Path, manifest: str | No
     model = resolve_model(spec, ws)
     with tempfile.TemporaryDirectory() as scratch:
         rows = gallery_images(manifest, folder, Path(scratch))
-        vectors = model.embed(rows, ws, workers=workers)
+        rows, vectors = readable_rows(rows, model.embed(rows, ws, workers=workers))
     index, facts = build_faiss(vectors, approx_above)
     spec = str(model.exported.resolve()) if model.exported is not None else model.name  # to resolve it again
     meta = {"model": model.name, "spec": spec, "identity": model.identity(), "dim": int(vectors.shape[1]),
@@ -61,7 +80,8 @@ def add_to_gallery(folder: str | Path, workdir, manifest: str | None = None, ima
     with tempfile.TemporaryDirectory() as scratch:
         rows = gallery_images(manifest, images_folder, Path(scratch))
         gallery.refuse_known(rows.paths, manifest or f"--folder {images_folder}")  # before embedding them all
-        gallery.add(model.embed(rows, ws, workers=workers), rows)
+        rows, vectors = readable_rows(rows, model.embed(rows, ws, workers=workers))
+        gallery.add(vectors, rows)
     save(gallery)
     return gallery
 

@@ -1,6 +1,7 @@
 """ens index build / add and ens search on a workspace's models."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -95,3 +96,25 @@ def test_an_unreadable_query_image_is_named_not_counted(distilled_workspace, tmp
         search_gallery(tmp_path / "g", distilled_workspace, [good, str(broken)], k=1)
     with pytest.raises(EnsError, match=rf"^{tmp_path / 'gone.jpg'}: image not found$"):
         search_gallery(tmp_path / "g", distilled_workspace, [str(tmp_path / "gone.jpg")], k=1)
+
+
+def test_an_unreadable_gallery_image_is_left_out_not_indexed_as_a_zero_row(distilled_workspace, tmp_path, caplog):
+    """1 bad image in 101 is within max_fail_ratio (1%): extraction gives it a zero row, which the gallery
+    would return to every query at distance 1; it is left out, with a warning, by build and by add."""
+    import shutil
+
+    from ensemble.gallery.build import add_to_gallery, build_gallery
+
+    good = read_manifest(distilled_workspace.parent / "index.csv").paths
+    for folder in ("a", "b"):
+        for i in range(100):
+            (tmp_path / folder / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(good[i % len(good)], tmp_path / folder / f"c{i % 4}" / f"{i}{Path(good[0]).suffix}")
+        (tmp_path / folder / "c0" / "broken.png").write_bytes(b"\x89PNG not a png")
+    gallery = build_gallery("student:stu", distilled_workspace, tmp_path / "g", folder=str(tmp_path / "a"),
+                            workers=0)
+    assert gallery.index.ntotal == len(gallery.rows) == 100
+    gallery = add_to_gallery(tmp_path / "g", distilled_workspace, images_folder=str(tmp_path / "b"), workers=0)
+    assert gallery.index.ntotal == len(gallery.rows) == 200
+    assert not [r for r in gallery.rows if r["path"].endswith("broken.png")]
+    assert "left 1 unreadable image(s) out of the gallery" in caplog.text

@@ -56,6 +56,19 @@ def atomic_file(path: str | Path, expected_bytes: int = 0) -> Iterator[BinaryIO]
         raise
 
 
+def check_writable(folder: str | Path) -> None:
+    """Refuse a long job whose results could not be saved before it starts (a read-only workspace), not
+    after hours of work: create and remove a temp file in `folder`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise _named(exc, folder) from None
+
+
 def check_free_space(folder: Path, nbytes: int) -> None:
     """Refuse a write that cannot fit before starting it (a full disk mid-write leaves nothing behind
     either, but failing first is quicker and names the size)."""

@@ -10,10 +10,35 @@ from .atomic import atomic_file
 from .errors import EnsError
 
 
+class _Writes:
+    """A file handle that keeps the OSError of a failed write: torch.save's zip writer reports a full disk
+    as RuntimeError("unexpected pos ..."), without the cause."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename."""
-    with atomic_file(path) as handle:
-        torch.save(payload, handle)
+    """torch.save to a temp file in the same folder, fsync, rename (a failed write is the OSError that
+    caused it, e.g. a full disk, naming `path`)."""
+    with atomic_file(path) as file:
+        handle = _Writes(file)
+        try:
+            torch.save(payload, handle)
+        except RuntimeError:
+            if handle.error is None:
+                raise
+            raise handle.error from None
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:

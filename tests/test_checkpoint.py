@@ -50,3 +50,39 @@ def test_published_files_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert oct((tmp_path / "c.pt").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "t.txt").stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_full_disk_mid_save_is_the_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch.save's zip writer turns a failed write into RuntimeError('unexpected pos ...'), which reached
+    the user as a traceback; the write's own OSError (ENOSPC) naming the file comes out instead."""
+    import errno
+    from contextlib import contextmanager
+
+    import ensemble.checkpoint as checkpoint_module
+
+    real = checkpoint_module.atomic_file
+
+    class DiskFullAfter:
+        def __init__(self, handle, free_bytes):
+            self.handle, self.free_bytes = handle, free_bytes
+
+        def write(self, data):
+            self.free_bytes -= len(data)
+            if self.free_bytes < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    @contextmanager
+    def full_disk(path, expected_bytes=0):
+        with real(path, expected_bytes) as handle:
+            yield DiskFullAfter(handle, 100_000)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_file", full_disk)
+    path = tmp_path / "last.pt"
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(path, {"ens_kind": "member", "weights": torch.zeros(1_000_000)})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []  # no checkpoint, no temp file

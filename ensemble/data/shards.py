@@ -40,8 +40,6 @@ def read_member(path: str) -> bytes | None:
 
 def write_shards(manifest: Manifest, out: str | Path, shard_size: int = 1000) -> Manifest:
     """Pack `manifest`'s images into tars of `shard_size` samples under `out`; returns the shard manifest."""
-    import webdataset as wds
-
     out = Path(out)
     if shard_size < 1:
         raise EnsError(f"--shard-size {shard_size}: expected a positive number of images per shard")
@@ -49,15 +47,7 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = 1000) ->
         raise EnsError(f"--out {out}: a shard set is already there ({MANIFEST}); pick another folder")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".writing-") as tmp:
-        with wds.ShardWriter(str(Path(tmp) / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
-            for i, path in enumerate(manifest.paths):
-                try:
-                    data = Path(path).read_bytes()
-                except OSError as exc:
-                    raise EnsError(f"{manifest.source}: row {i + 2}: {path}: {exc.strerror or exc}") from None
-                ext = Path(path).suffix.lower().lstrip(".") or "img"
-                sink.write({"__key__": f"{i:09d}", ext: data, "cls.txt": manifest.labels[i],
-                            "domain.txt": manifest.domains[i], "path.txt": path})
+        _pack(manifest, Path(tmp), out, shard_size)
         rows = _index(Path(tmp), out, manifest)
         for tar in sorted(Path(tmp).glob("shard-*.tar")):
             os.replace(tar, out / tar.name)  # same file system: each shard appears whole
@@ -67,6 +57,26 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = 1000) ->
     writer.writerows(rows)
     atomic_write_text(out / MANIFEST, buffer.getvalue())  # written last: names a finished shard set
     return read_manifest(out / MANIFEST, require_label=False)
+
+
+def _pack(manifest: Manifest, folder: Path, out: Path, shard_size: int) -> None:
+    """The tars, written into `folder`; a failed write (a full disk) names the shard being written."""
+    import webdataset as wds
+
+    sink = None
+    try:
+        with wds.ShardWriter(str(folder / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+            for i, path in enumerate(manifest.paths):
+                try:
+                    data = Path(path).read_bytes()
+                except OSError as exc:
+                    raise EnsError(f"{manifest.source}: row {i + 2}: {path}: {exc.strerror or exc}") from None
+                ext = Path(path).suffix.lower().lstrip(".") or "img"
+                sink.write({"__key__": f"{i:09d}", ext: data, "cls.txt": manifest.labels[i],
+                            "domain.txt": manifest.domains[i], "path.txt": path})
+    except OSError as exc:  # the tar writer's errors name no file
+        shard = Path(sink.fname).name if sink is not None and sink.fname else "shard"
+        raise OSError(exc.errno, exc.strerror or str(exc), exc.filename or str(out / shard)) from None
 
 
 def _index(folder: Path, final: Path, manifest: Manifest) -> list[tuple[str, str, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_npy, atomic_write_text
+from ..atomic import atomic_write_npy, atomic_write_text, check_writable
 from ..data.manifest import Manifest
 from ..distributed import world
 from ..hashing import file_sha1
@@ -146,6 +146,9 @@ def embed_manifest(embedders: list[Embedder], manifest: Manifest, cache_dir: Pat
     found = [load_checked(p, len(manifest), e.out_dim, mmap) if use_cache else None
              for p, e in zip(paths, embedders, strict=True)]
     missing = [i for i, f in enumerate(found) if f is None]
+    if missing and use_cache and world().main:
+        for i in missing:
+            check_writable(paths[i].parent)  # before extracting, not when storing the result
     if missing:
         computed = _extract_missing([embedders[i] for i in missing], [paths[i] for i in missing], manifest,
                                     cache_dir, device, tta, batch_size, workers, max_fail_ratio, use_cache)

@@ -56,3 +56,25 @@ def test_training_and_extraction_read_shards_like_files(coil_data, tmp_path):
     b = extract_many([emb], read_manifest(tmp_path / "index" / "manifest.csv").paths, torch.device("cpu"), TTA(),
                      workers=0)[0]
     assert np.array_equal(a, b)
+
+
+def test_a_full_disk_names_the_shard_being_written(coil_data, tmp_path, monkeypatch):
+    """The tar writer's OSError names no file (the CLI said 'a file: No space left on device'); it names the
+    shard, and nothing is left behind."""
+    import errno
+
+    import webdataset as wds
+
+    real, written = wds.ShardWriter.write, []
+
+    def full_disk_at_the_9th(self, sample):
+        written.append(sample)
+        if len(written) == 9:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, sample)
+
+    monkeypatch.setattr(wds.ShardWriter, "write", full_disk_at_the_9th)
+    with pytest.raises(OSError) as caught:
+        write_shards(read_manifest(coil_data.parent / "train.csv"), tmp_path / "shards", shard_size=7)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "shards/shard-000001.tar")
+    assert list((tmp_path / "shards").iterdir()) == []

@@ -265,3 +265,25 @@ def test_each_rank_of_a_killed_multi_process_run_saves_its_own_shard(trained_wor
     assert sorted(decoded) == sorted(set(index.paths) - {index.paths[i] for rows in saved for i in rows})
     assert np.allclose(resumed, uninterrupted, atol=1e-3)
     assert not list((tmp_path / "b").rglob("*.partial*"))
+
+
+def test_a_read_only_cache_is_refused_before_any_image_is_decoded(trained_workspace, tmp_path, monkeypatch):
+    """The features could not be stored: say so before extracting (hours at GUIE scale), not after."""
+    import errno
+    import tempfile
+
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    decoded = counting_decoder(monkeypatch)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as caught:
+        embed_manifest([emb], index, tmp_path / "cache", cpu, workers=0)
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(tmp_path / "cache" / emb.name)
+    assert decoded == []
+    feats = embed_manifest([emb], index, tmp_path / "cache", cpu, workers=0, use_cache=False)[0]
+    assert feats.shape == (len(index), emb.out_dim)  # nothing to store: no check

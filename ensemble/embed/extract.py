@@ -164,8 +164,8 @@ def extract_many(embedders: list[Embedder], paths, device: torch.device, tta: TT
                 out[rows] = _run_views(emb, views, tta, (blocks or {}).get(emb.name), normalize).cpu().numpy()
             done[rows] = True
             if progress is not None and time.monotonic() - saved_at >= progress_every_s:
-                rows = np.flatnonzero(done)
-                progress(mine[rows], [out[rows] for out in outputs])
+                so_far = np.flatnonzero(done)
+                progress(mine[so_far], [out[so_far] for out in outputs])
                 saved_at = time.monotonic()
     fails.check(final=True)
     return [gather_rows(out, mine, len(paths), w) for out in outputs]

@@ -80,7 +80,7 @@ class FailureLog:
         if final and ratio > self.max_ratio:
             why = f"{len(self.failed)} of {self.seen} images unreadable ({ratio:.1%} > {limit})"
         elif not final and len(self.failed) > self.max_ratio * self.total:
-            why = f"{len(self.failed)} images unreadable already, more than {limit} of the job's {self.total} allows"
+            why = f"{len(self.failed)} of the job's {self.total} images unreadable already (over {limit})"
         else:
             return
         first = next(iter(self.failed))

@@ -60,14 +60,29 @@ def read_manifest(path: str | Path, require_label: bool = True) -> Manifest:
     return Manifest(path.resolve(), paths, labels, domains, hashlib.sha1(content).hexdigest())
 
 
-def check_unique(manifest: Manifest) -> None:
-    """An image listed twice would be counted twice as a neighbour (inflating precision): refuse it."""
+def check_unique(manifest: Manifest, role: str = "index") -> None:
+    """An image listed twice would be counted twice (as a neighbour: inflating precision; as a query:
+    weighting it twice): refuse it."""
     seen: dict[str, int] = {}
     for i, path in enumerate(manifest.paths, start=2):
         if path in seen:
             raise EnsError(f"{manifest.source}: lines {seen[path]} and {i} list the same image {path}; "
-                           "each index image must appear once")
+                           f"each {role} image must appear once")
         seen[path] = i
+
+
+def read_eval_pair(query: str | Path, index: str | Path) -> tuple[Manifest, Manifest]:
+    """The query and index manifests of an evaluation, each image once and no query in the index (it
+    would find itself at distance 0, and GUIE's query and index sets are disjoint)."""
+    q, i = read_manifest(query), read_manifest(index)
+    check_unique(q, "query")
+    check_unique(i, "index")
+    shared = set(q.paths) & set(i.paths)
+    if shared:
+        line, first = next((n, p) for n, p in enumerate(q.paths, start=2) if p in shared)
+        raise EnsError(f"{q.source}: {len(shared)} query image(s) also in the index {i.source} (first: line {line}, "
+                       f"{first}); a query would find itself: keep query and index disjoint")
+    return q, i
 
 
 def canonical_paths(base: Path, paths: list[str]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config.load import load_data_cfg
 from ..config.schema import MemberCfg
-from ..data.manifest import read_manifest
+from ..data.manifest import read_eval_pair, read_manifest
 from ..device import pick_device
 from ..embed.embedder import model_embedder
 from ..embed.extract import TTA, extract_many
@@ -24,7 +24,7 @@ def evaluate_model(model: EmbeddingModel, cfg: MemberCfg) -> dict:
     data = load_data_cfg(cfg.data)
     if data.query is None or data.index is None:
         raise EnsError(f"{cfg.data}: keys 'query' and 'index' are needed to evaluate")
-    query, index = read_manifest(data.query), read_manifest(data.index)
+    query, index = read_eval_pair(data.query, data.index)
     device = pick_device(cfg.device)
     emb = model_embedder(model, cfg.name, "eval", cfg.backbone.arch, "both", device, cfg.eval.image_size,
                          cfg.backbone.channels_last, precision=cfg.eval.precision,

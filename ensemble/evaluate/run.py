@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json
 from ..config.load import load_data_cfg
-from ..data.manifest import check_unique, read_manifest
+from ..data.manifest import read_eval_pair
 from ..errors import EnsError
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
@@ -22,14 +22,14 @@ def eval_manifests(data: str | None, query: str | None, index: str | None, defau
     if query or index:
         if not (query and index):
             raise EnsError("--query and --index must be given together")
-        return read_manifest(query), read_manifest(index)
+        return read_eval_pair(query, index)
     path = data or default_data
     if path is None:
         raise EnsError("no data: give --data CONFIG or --query CSV --index CSV")
     cfg = load_data_cfg(path)
     if cfg.query is None or cfg.index is None:
         raise EnsError(f"{path}: keys 'query' and 'index' are needed to evaluate")
-    return read_manifest(cfg.query), read_manifest(cfg.index)
+    return read_eval_pair(cfg.query, cfg.index)
 
 
 def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, data: str | None = None,
@@ -42,7 +42,6 @@ def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, 
     ws = Workspace.at(workdir)
     model = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, ws, features)
     q_manifest, i_manifest = eval_manifests(data, query, index, model.data)
-    check_unique(i_manifest)
     q = model.embed(q_manifest, ws, workers=workers)
     x = model.embed(i_manifest, ws, workers=workers)
     report, searched = evaluate_with_neighbors(q, q_manifest.labels, x, i_manifest.labels, k, q_manifest.domains,

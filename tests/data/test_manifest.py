@@ -49,3 +49,23 @@ def test_bad_manifests_are_one_line_errors(tmp_path, content, message):
 def test_unlabelled_rows_are_allowed_where_labels_are_optional(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.jpg,x\nb.jpg,\n")
     assert read_manifest(tmp_path / "m.csv", require_label=False).labels == ("x", "")
+
+
+def test_an_eval_pair_lists_each_image_once_and_keeps_query_and_index_apart(tmp_path):
+    """A query also in the index found itself at distance 0 (query = index scored recall@1 1.000); a query
+    listed twice was weighted twice. Both are refused, naming the file and line."""
+    from ensemble.data.manifest import read_eval_pair
+
+    for name in "abcd":
+        (tmp_path / f"{name}.jpg").write_bytes(b"")
+    (tmp_path / "q.csv").write_text("path,label\na.jpg,x\nb.jpg,y\n")
+    (tmp_path / "i.csv").write_text("path,label\nc.jpg,x\nd.jpg,y\n")
+    (tmp_path / "shared.csv").write_text("path,label\nc.jpg,x\nb.jpg,y\n")
+    (tmp_path / "twice.csv").write_text("path,label\na.jpg,x\nb.jpg,y\na.jpg,x\n")
+    query, index = read_eval_pair(tmp_path / "q.csv", tmp_path / "i.csv")
+    assert len(query) == len(index) == 2
+    with pytest.raises(EnsError, match=r"q.csv: 1 query image\(s\) also in the index \S+shared.csv \(first: line 3, "
+                                       r"\S+b.jpg\); a query would find itself"):
+        read_eval_pair(tmp_path / "q.csv", tmp_path / "shared.csv")
+    with pytest.raises(EnsError, match=r"twice.csv: lines 2 and 4 list the same image \S+a.jpg; each query image"):
+        read_eval_pair(tmp_path / "twice.csv", tmp_path / "i.csv")

@@ -119,8 +119,8 @@ def test_unreadable_training_image_is_skipped_and_counted(tmp_path, coil_data, c
 def test_too_many_unreadable_images_stop_the_run(tmp_path, coil_data):
     _add_broken_image(coil_data)
     recipe = tiny_recipe(tmp_path, coil_data, "eval: {enabled: false}")
-    with pytest.raises(EnsError, match=r"^1 images unreadable already, more than max_fail_ratio 1.0% of the job's 25 "
-                                       r"allows; first: .*broken.jpg"):
+    with pytest.raises(EnsError, match=r"^1 of the job's 25 images unreadable already \(over max_fail_ratio 1.0%\); "
+                                       r"first: .*broken.jpg"):
         train_member(load_member_cfg(recipe, ["stages=[{train: [all], epochs: 1}]"]), tmp_path / "runs")
     assert not (tmp_path / "runs/members/tiny/best.pt").exists()
 

@@ -37,8 +37,9 @@ def train_data(cfg: MemberCfg) -> TrainData:
         raise EnsError(f"{cfg.data}: key 'train': a member needs a train manifest")
     manifest = read_manifest(data.train)
     classes = kept_classes(manifest.labels, cfg.sampler)
-    if not classes:
-        raise EnsError(f"{data.train}: no label has >= {cfg.sampler.min_per_class} images (sampler.min_per_class)")
+    if len(classes) < 2:  # one class: the margin head's softmax has no other class, the loss is constant
+        raise EnsError(f"{data.train}: {len(classes)} label(s) with >= {cfg.sampler.min_per_class} images "
+                       "(sampler.min_per_class); a margin head needs at least 2 classes to learn from")
     index = {c: i for i, c in enumerate(classes)}
     targets = [index.get(label, -1) for label in manifest.labels]
     counts = [targets.count(i) for i in range(len(classes))]

@@ -11,6 +11,7 @@ import torch
 from ..config.schema import MemberCfg
 from ..data.sampler import ClassBalancedSampler, class_domains
 from ..distributed import world
+from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model, untrained_key
 from ..losses.margin import build_head
 from ..models.member import build_member_model, pool_as_embedded
@@ -35,9 +36,14 @@ def build_member_task(cfg: MemberCfg, data: TrainData, ws: Workspace) -> Classif
 
 
 def domain_index(data: TrainData) -> torch.Tensor:
-    """Domain index (sorted domain names) of each kept class."""
+    """Domain index (sorted domain names) of each kept class; a domain of one class is refused (its own
+    head's softmax would have no other class: a constant loss, its images never learned from)."""
     of = class_domains(data.targets, data.domains)
     names = sorted(set(of.values()))
+    lone = [name for name in names if list(of.values()).count(name) < 2]
+    if lone:
+        raise EnsError(f"head.per_domain: domain {lone[0]!r} has 1 kept class in the train manifest; its head needs "
+                       "at least 2 (give it more classes, or train one merged head: head.per_domain: false)")
     return torch.tensor([names.index(of[c]) for c in range(len(data.classes))])
 
 

@@ -433,3 +433,27 @@ def test_extra_sizes_a_vit_cannot_take_or_listed_twice_are_refused_before_traini
     with pytest.raises(EnsError, match=r"tiny: eval.extra_sizes \[48\], but this ViT takes only its training size "
                                        r"32 px \(positional embedding\); leave eval.extra_sizes empty"):
         train_member(load_member_cfg(recipe, ["eval.extra_sizes=[48]"]), tmp_path / "runs")
+
+
+def test_one_class_or_a_one_class_domain_head_is_refused_before_training(tmp_path, coil_data):
+    """A margin head over one class (or, with head.per_domain, a domain of one class) has a constant loss:
+    training ran and learned nothing from those images; now refused, naming the manifest or domain."""
+    from ensemble.data.manifest import read_manifest
+    from ensemble.train.member import domain_index
+    from tests.conftest import write_manifest
+
+    train = read_manifest(coil_data.parent / "train.csv")
+    first = train.labels[0]
+    rows = [{"path": p, "label": label, "domain": "lone" if label == first else "object"}
+            for p, label in zip(train.paths, train.labels, strict=True)]
+    write_manifest(coil_data.parent / "train.csv", [r for r in rows if r["label"] == first])
+    recipe = tiny_recipe(tmp_path, coil_data)
+    with pytest.raises(EnsError, match=r"train.csv: 1 label\(s\) with >= \d+ images \(sampler.min_per_class\); a "
+                                       r"margin head needs at least 2 classes"):
+        train_data(load_member_cfg(recipe))
+    write_manifest(coil_data.parent / "train.csv", rows)
+    data = train_data(load_member_cfg(recipe))
+    with pytest.raises(EnsError, match=r"^head.per_domain: domain 'lone' has 1 kept class in the train manifest"):
+        domain_index(data)
+    write_manifest(coil_data.parent / "train.csv", [{**r, "domain": "object"} for r in rows])
+    assert domain_index(train_data(load_member_cfg(recipe))).tolist() == [0, 0, 0, 0]

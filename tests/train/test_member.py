@@ -278,7 +278,7 @@ def test_multi_domain_options_train_through_the_real_path(tmp_path, coil_data):
     from tests.conftest import write_manifest
 
     rows = list(csv.DictReader(open(coil_data.parent / "train.csv")))
-    first = sorted({r["label"] for r in rows})[:1]
+    first = sorted({r["label"] for r in rows})[:2]  # two classes: a domain's head needs another class
     for r in rows:
         r["domain"] = "toys" if r["label"] in first else "objects"
     write_manifest(coil_data.parent / "train.csv", rows)
@@ -286,7 +286,7 @@ def test_multi_domain_options_train_through_the_real_path(tmp_path, coil_data):
             "sampler.domain_alpha=0"]
     cfg = load_member_cfg(tiny_recipe(tmp_path, coil_data), sets)
     task = build_member_task(cfg, train_data(cfg), Workspace(tmp_path))
-    assert task.class_domains.tolist() == [1, 0, 0, 0]  # sorted domains: objects = 0, toys = 1
+    assert task.class_domains.tolist() == [1, 1, 0, 0]  # sorted domains: objects = 0, toys = 1
     train_member(cfg, tmp_path / "runs")
     records = [json.loads(x) for x in (tmp_path / "runs/members/tiny/metrics.jsonl").read_text().splitlines()]
     assert records[0]["steps"] >= 1 and np.isfinite(records[0]["loss"])

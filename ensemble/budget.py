@@ -135,6 +135,10 @@ def budget(spec: str | None, workdir: str | Path, images: int = 205_000, hours: 
     """FLOPs, measured speed (for trained models, or with measure=True) and per-GPU projections."""
     if not 0 < utilization <= 1:
         raise EnsError(f"--utilization {utilization}: expected a fraction in (0, 1]")
+    if images < 1:
+        raise EnsError(f"--images {images}: expected a positive number of images")
+    if not hours > 0:
+        raise EnsError(f"--hours {hours}: expected a positive time budget")
     recipe_only = (spec or "").endswith((".yaml", ".yml"))
     if ModelRef.parse(spec).kind == "export":
         raise EnsError(f"MODEL {spec}: budget counts FLOPs from recipes; give the student or ensemble it came from")

@@ -51,6 +51,12 @@ def test_budget_cli_errors_and_gpu_filter(tmp_path):
     assert out.exit_code == 2 and "member 'h14_224': recipe not found" in out.output
     with pytest.raises(EnsError, match="--utilization 1.5"):
         budget(str(ROOT / "distill/h14_student.yaml"), "runs", utilization=1.5)
+    out = CliRunner().invoke(main, ["budget", str(ROOT / "distill/h14_student.yaml"), "--utilization", "0"])
+    assert out.exit_code == 2 and "--utilization 0.0: expected a fraction in (0, 1]" in out.output  # was 0.5
+    for bad, message in (({"images": -5}, r"--images -5: expected a positive number"),  # was -2e-08 hours
+                         ({"hours": 0.0}, r"--hours 0.0: expected a positive time budget")):
+        with pytest.raises(EnsError, match=message):
+            budget(str(ROOT / "distill/h14_student.yaml"), "runs", **bad)
 
 
 def test_every_size_a_model_embeds_at_is_costed(tmp_path):

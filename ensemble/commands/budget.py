@@ -8,7 +8,8 @@ from ..budget import DEFAULT_UTILIZATION, budget, format_budget
 
 
 def run(spec, workdir, images, hours, gpus, utilization, measure, recipes, as_json) -> str:
-    result = budget(spec, workdir, images, hours, utilization or DEFAULT_UTILIZATION, measure, recipes)
+    utilization = DEFAULT_UTILIZATION if utilization is None else utilization  # 0 is refused, not defaulted
+    result = budget(spec, workdir, images, hours, utilization, measure, recipes)
     if gpus:
         for key in ("projected_hours", "fits"):
             result[key] = {g: v for g, v in result[key].items() if g in gpus}

@@ -145,7 +145,7 @@ def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, 
 @click.option("--out", type=click.Path(), default=None, help="JSON report path (default runs/reports/MODEL.json).")
 @FEATURES
 @click.option("--workers", default=2, show_default=True)
-@click.option("--approx-above", default=2_000_000, show_default=True,
+@click.option("--approx-above", default=2_000_000, show_default=True, type=click.IntRange(min=0),
               help="Index size above which an IVF index replaces exact search (its recall vs exact is reported).")
 @WORKDIR
 def eval_cmd(model, data, query, index, k, out, features, workers, approx_above, workdir):
@@ -238,7 +238,7 @@ def gallery_images(fn):
 @MODEL_ARG
 @gallery_images
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Gallery folder to write.")
-@click.option("--approx-above", default=1_000_000, show_default=True,
+@click.option("--approx-above", default=1_000_000, show_default=True, type=click.IntRange(min=0),
               help="Images above which the index is IVF-Flat (its recall vs exact is measured) instead of exact.")
 @click.option("--workers", default=2, show_default=True)
 @WORKDIR

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from ensemble.cli import main
@@ -78,3 +79,20 @@ def test_eval_with_other_k_reports_that_k_in_valid_json(trained_workspace, tmp_p
     report = json.loads(out.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     assert report["k"] == 3 and "mP@3" in report and "| mP@3 |" in text
     assert out.with_suffix(".md").read_text().startswith("| model | dim | mP@3 |")
+
+
+def test_embed_out_and_approx_above_are_checked_before_any_work(trained_workspace, tmp_path, monkeypatch):
+    """`ens embed --out x.txt` wrote .npy bytes under that name (and x.json), `--out DIR` failed only after
+    embedding everything; a negative --approx-above was taken. Each is now refused up front."""
+    from ensemble.workspace.resolve import ResolvedModel
+
+    monkeypatch.setattr(ResolvedModel, "embed", lambda *a, **k: pytest.fail("embedded before checking --out"))
+    manifest = str(trained_workspace.parent / "query.csv")
+    for out, why in ((tmp_path / "q.txt", "has another suffix"), (tmp_path, "is a folder")):
+        result = CliRunner().invoke(main, ["embed", "vit_a", "--manifest", manifest, "--out", str(out),
+                                           "--workdir", str(trained_workspace)])
+        assert result.exit_code == 2 and f"--out {out}: {why}; expected a .npy file name" in result.output
+    gallery = ["index", "build", "vit_a", "--manifest", manifest, "--out", str(tmp_path / "g")]
+    for command in (["eval", "vit_a"], gallery):
+        result = CliRunner().invoke(main, [*command, "--approx-above", "-1", "--workdir", str(trained_workspace)])
+        assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output

@@ -39,6 +39,8 @@ def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, 
     a PNG of example queries."""
     if k < 1:
         raise EnsError(f"--k {k}: expected a positive number of neighbours")
+    if out is not None and (Path(out).suffix != ".json" or Path(out).is_dir()):  # before embedding, not after
+        raise EnsError(f"--out {out}: expected a .json file name (the .md, .png and .html reports go beside it)")
     ws = Workspace.at(workdir)
     model = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, ws, features)
     q_manifest, i_manifest = eval_manifests(data, query, index, model.data)

@@ -92,6 +92,9 @@ def test_embed_out_and_approx_above_are_checked_before_any_work(trained_workspac
         result = CliRunner().invoke(main, ["embed", "vit_a", "--manifest", manifest, "--out", str(out),
                                            "--workdir", str(trained_workspace)])
         assert result.exit_code == 2 and f"--out {out}: {why}; expected a .npy file name" in result.output
+    for out in (tmp_path / "r.txt", tmp_path):  # ens eval --out r.txt wrote r.txt as JSON beside r.md, r.png
+        result = CliRunner().invoke(main, ["eval", "vit_a", "--out", str(out), "--workdir", str(trained_workspace)])
+        assert result.exit_code == 2 and f"--out {out}: expected a .json file name" in result.output
     gallery = ["index", "build", "vit_a", "--manifest", manifest, "--out", str(tmp_path / "g")]
     for command in (["eval", "vit_a"], gallery):
         result = CliRunner().invoke(main, [*command, "--approx-above", "-1", "--workdir", str(trained_workspace)])

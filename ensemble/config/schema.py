@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 # a run's name becomes a folder under the workspace: no separators, no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -354,6 +354,14 @@ class EnsembleCfg(Strict):
         if self.projection == "learned" and (self.pca is None or self.whiten):
             raise ValueError("projection: learned needs `pca` dims and whiten: false")
         return self
+
+    @field_validator("members")
+    @classmethod
+    def _each_member_once(cls, members: list[str]) -> list[str]:
+        twice = sorted({m for m in members if members.count(m) > 1})
+        if twice:  # a typo: the same model fused with itself
+            raise ValueError(f"{', '.join(twice)} listed twice; each member once")
+        return members
 
 
 class PipelineCfg(Strict):

@@ -136,3 +136,12 @@ def test_shipped_lite0_member_builds_without_mobilenet_v1_kwargs():
     cfg = load_member_cfg(Path(__file__).resolve().parents[2] / "members" / "cpu" / "lite0_multi.yaml")
     assert cfg.backbone.arch == "tf_efficientnet_lite0" and cfg.backbone.model_kwargs == {}
     assert cfg.sampler.domain_alpha == 0.5 and cfg.backbone.image_size == 128
+
+
+def test_an_ensemble_lists_each_member_once(tmp_path):
+    """`--members a,a` fused a model with itself ('2 members in 1 groups'); a typo, refused naming it."""
+    from ensemble.fuse.config import ensemble_cfg
+
+    assert ensemble_cfg(tmp_path, members="a,b").members == ["a", "b"]
+    with pytest.raises(EnsError, match=r"^ens fuse: key 'members': Value error, a listed twice; each member once"):
+        ensemble_cfg(tmp_path, members="a,b,a")

@@ -173,7 +173,7 @@ def _extract_missing(embedders: list[Embedder], entries: list[Path], manifest: M
     todo = np.flatnonzero(~np.logical_and.reduce([found for _, found in reused])) if reused else None
     fresh = todo is None or len(todo) == len(manifest)  # nothing to reuse: no second full-size array
     if fresh:
-        todo, reused = np.arange(len(manifest)), [(None, None)] * len(embedders)
+        todo = np.arange(len(manifest))
     else:
         log.info("embed %s: %d of %d images found in the cache (other manifests, or an interrupted run)",
                  manifest.source.name, len(manifest) - len(todo), len(manifest))

@@ -15,6 +15,12 @@ and the "GUIE-mini projection sweep" table of BENCHMARKS.md.
 fits only the shipped recipe (seeds 0, 1, 2) on another ensemble's members, here the main job's members
 embedded at three sizes (bench/multi_variants.py makes multi_cpu_ms), and writes its own JSON and table
 (multi_projection_sweep_<ensemble>), so the seed noise of that ensemble's fit is measured beside it.
+
+    .venv/bin/python bench/multi_projection_sweep.py --soup
+
+fits the recipe's settings with seeds 0-9, one at a time, then scores means of their matrices (the
+library's `mean_of_fits`, what `learned.seeds` fits): three, five and ten seeds; writes
+multi_projection_soup.json and the "GUIE-mini projection soup" table.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.schema import ProjectionCfg  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
-from ensemble.fuse.learned import fit_projection  # noqa: E402
+from ensemble.fuse.learned import fit_projection, mean_of_fits  # noqa: E402
 from ensemble.fuse.reducer import fit_pca  # noqa: E402
 
 RECIPE = {"neighbour_weight": 1.0, "neighbour_tau_teacher": 0.05, "lr": 3e-4}
@@ -65,9 +71,27 @@ def describe(power: float, settings: dict, seed: int) -> str:
     return f"power {power:g}; {shown}; seed {seed}{recipe}"
 
 
+SOUPS = [(0, 3), (3, 6), (6, 9), (1, 4), (4, 7), (7, 10), (0, 5), (5, 10), (0, 10)]  # seeds a..b-1 averaged
+
+
 def recipe_only(parser) -> None:
     parser.add_argument("--recipe-only", action="store_true", help="fit only the shipped recipe, seeds 0, 1, 2 "
                         "(its own JSON and BENCHMARKS.md table, named after --ensemble)")
+    parser.add_argument("--soup", action="store_true", help="the recipe's settings, seeds 0-9 alone and averaged "
+                        "(multi_projection_soup)")
+
+
+def soup_rows(fused: dict, labels: list[str], start, score_of) -> list[dict]:
+    """The recipe's settings fitted with seeds 0-9, each alone, then the means of the SOUPS ranges."""
+    fits, rows = [], []
+    for seed in range(10):
+        started = time.perf_counter()
+        fits.append(fit_projection(fused["train"], labels, start, ProjectionCfg(**RECIPE), seed=seed))
+        rows.append(score_of(f"seed {seed}", fits[-1], time.perf_counter() - started))
+    for first, end in SOUPS:
+        rows.append(score_of(f"mean of seeds {first}-{end - 1}", mean_of_fits(fits[first:end], start),
+                             sum(r["seconds"] for r in rows[first:end])))
+    return rows
 
 
 def main() -> None:
@@ -76,6 +100,8 @@ def main() -> None:
     parts, manifests, blocks = features.parts, features.manifests, features.blocks
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = list(manifests["train"].labels)
+    if args.soup:
+        return soup(args, {s: combine(feats, groups, 0.5) for s, feats in parts.items()}, labels, manifests)
     fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows
     for power, settings, seeds in variants:
         if power not in fused:
@@ -99,6 +125,30 @@ def main() -> None:
     else:
         record("multi_projection_sweep", result,
                "GUIE-mini projection sweep: settings of the learned 64-d projection", table(result))
+
+
+def soup(args, fused: dict, labels: list[str], manifests: dict) -> None:
+    """--soup: seeds alone and averaged, its own JSON and table."""
+    start = fit_pca(fused["train"], 64)
+
+    def score_of(variant: str, reducer, seconds: float) -> dict:
+        report = score({s: reducer.transform(fused[s]) for s in ("query", "index")}, manifests)
+        print(f"{variant}: macro {report['macro_mP@5']:.4f}", flush=True)
+        return {"variant": variant, "dim": 64, "macro_mP@5": report["macro_mP@5"], "mP@5": report["mP@5"],
+                "per_domain": report["per_domain"], "seconds": round(seconds, 1)}
+
+    result = {"command": f"python bench/multi_projection_sweep.py --ensemble {args.ensemble} --soup",
+              "date": str(date.today()), "machine": machine(), "rows": soup_rows(fused, labels, start, score_of)}
+    record("multi_projection_soup", result, "GUIE-mini projection soup: the learned projection's seeds, alone "
+           "and averaged", domain_table(
+               f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the "
+               "workspace of `ens pipeline configs/pipelines/multi_cpu.yaml` (its members' cached features, "
+               "flip TTA, 160 px; signed square root, PCA-64 of the train rows as the start). Each seed's row "
+               "is one `fit_projection` with the recipe's settings (neighbour_weight 1, neighbour_tau_teacher "
+               "0.05, lr 3e-4, 20 epochs; the seed sets the batch order) on multi's train images only; a "
+               "'mean of seeds' row averages those fits' matrices (`mean_of_fits`, what `learned.seeds` "
+               "fits). 888 queries against the shared index of 3,626 images. s: seconds of fitting "
+               "(a mean: its fits' sum).", result["rows"], ["variant"]))
 
 
 def table(result: dict) -> str:

@@ -317,6 +317,16 @@ class ProjectionCfg(Strict):
     neighbour_weight: float = Field(0.0, ge=0)
     neighbour_tau_teacher: float = Field(0.02, gt=0)
     neighbour_tau: float = Field(0.05, gt=0)
+    # one fit per seed (its batch order), all from the same PCA start; the projection is the mean of their
+    # matrices (a uniform soup), steadier than any one fit. [0]: one fit.
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_once(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"expected each seed once, got {seeds}")
+        return seeds
 
     @model_validator(mode="after")
     def _something_to_train(self):

@@ -19,7 +19,7 @@ from ..workspace.artifacts import saved_ensemble_config, write_ensemble
 from ..workspace.layout import Workspace
 from ..workspace.resolve import Part, ResolvedModel, load_members, resolve_model
 from .combine import combine_to_store, group_members
-from .learned import fit_projection, trained_on
+from .learned import fit_projection_soup, trained_on
 from .reducer import PCAReducer, fit_pca
 
 log = logging.getLogger("ensemble")
@@ -67,7 +67,7 @@ def fuse(cfg: EnsembleCfg, workdir: str | Path | Workspace) -> ResolvedModel:
                 raise EnsError(f"pca: {cfg.pca} dims requested but the concatenated features have {concat_dim}")
             reducer = fit_pca(fused, cfg.pca, whiten=cfg.whiten)
             if cfg.projection == "learned":
-                reducer = fit_projection(fused, list(manifest.labels), reducer, cfg.learned)
+                reducer = fit_projection_soup(fused, list(manifest.labels), reducer, cfg.learned)
         del fused
     write_ensemble(ws, describe(cfg, name, parts, groups, manifest, concat_dim, reducer), reducer)
     return resolve_model(f"ensemble:{name}", ws, device=device)

@@ -167,6 +167,16 @@ def test_learned_projection_through_fuse(trained_workspace):
     with_neighbours = load_ensemble(trained_workspace, "lpn").ensemble.reducer
     assert not np.allclose(with_neighbours.components, learned.components, atol=1e-4)
     assert not np.allclose(pca.components, learned.components, atol=1e-4)
+    soups = {}
+    for seeds in ("[0]", "[0,1]"):  # batches of 8 of the 24 rows: the seed's batch order matters
+        text = fuse_command.run(trained_workspace, None, ["projection=learned", "learned.epochs=2", "workers=0",
+                                                         "device=cpu", "features=backbone", "learned.batch_size=8",
+                                                         f"learned.seeds={seeds}"],
+                                members="vit_a,vit_b,tvit", name=f"lps{len(seeds)}", pca=8, fit_on="train")
+        soups[seeds] = load_ensemble(trained_workspace, f"lps{len(seeds)}").ensemble
+    assert "(from PCA, trained on the fit set's labels; mean of 2 fits, seeds [0, 1])" in text
+    assert soups["[0,1]"].description["config"]["learned"]["seeds"] == [0, 1]
+    assert not np.allclose(soups["[0,1]"].reducer.components, soups["[0]"].reducer.components, atol=1e-4)
     with pytest.raises(EnsError, match="projection: learned needs labelled fit images"):
         fuse(cfg(name="lq", projection="learned", fit_on="index", learned={"epochs": 1},
                  data=str(_unlabelled_data(trained_workspace))), trained_workspace)

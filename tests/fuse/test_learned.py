@@ -8,7 +8,7 @@ import torch
 from ensemble.config.schema import EnsembleCfg, ProjectionCfg
 from ensemble.errors import EnsError
 from ensemble.evaluate.metrics import evaluate_embeddings
-from ensemble.fuse.learned import fit_projection, neighbour_loss, trained_on
+from ensemble.fuse.learned import fit_projection, fit_projection_soup, neighbour_loss, trained_on
 from ensemble.fuse.reducer import fit_pca
 
 
@@ -164,3 +164,27 @@ def test_a_fully_labelled_fit_is_bit_identical_to_the_plain_label_loss():
     cfg = ProjectionCfg(neighbour_weight=1.0, neighbour_tau_teacher=0.05, lr=3e-4, epochs=1)
     learned = fit_projection(x, labels, start, cfg)
     assert np.array_equal(learned.components, _fit_before_unlabelled_rows(x, labels, start, cfg))
+
+
+def test_a_soup_of_seeds_is_the_mean_of_each_seeds_fit():
+    """`learned.seeds`: one fit per batch order from the same PCA start, their matrices averaged; one seed is
+    that fit unchanged (the default, so an existing ensemble fits as before)."""
+    x, labels = blobs(12, 10, seed=0)
+    start = fit_pca(x, 4)
+    one = {seed: fit_projection(x, labels, start, ProjectionCfg(epochs=3, batch_size=32), seed=seed)
+           for seed in (0, 1, 2)}
+    assert not np.allclose(one[0].components, one[1].components, atol=1e-4)  # batch order matters
+    alone = fit_projection_soup(x, labels, start, ProjectionCfg(epochs=3, batch_size=32))
+    assert np.array_equal(alone.components, one[0].components)
+    soup = fit_projection_soup(x, labels, start, ProjectionCfg(epochs=3, batch_size=32, seeds=[2, 0, 1]))
+    mean = np.mean([one[s].components for s in (0, 1, 2)], axis=0)
+    assert np.allclose(soup.components, mean, atol=1e-6) and np.array_equal(soup.mean, start.mean)
+    assert soup.components.dtype == np.float32 and not soup.whiten
+    assert trained_on(ProjectionCfg(seeds=[2, 0, 1])) == "the fit set's labels; mean of 3 fits, seeds [2, 0, 1]"
+
+
+def test_soup_seeds_are_each_given_once():
+    with pytest.raises(ValueError, match=r"seeds\n.*expected each seed once, got \[0, 1, 0\]"):
+        ProjectionCfg(seeds=[0, 1, 0])
+    with pytest.raises(ValueError, match=r"seeds\n.*at least 1 item"):
+        ProjectionCfg(seeds=[])

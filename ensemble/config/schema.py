@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 # a run's name becomes a folder under the workspace: no separators, no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# seeds python's, numpy's and torch's generators: numpy refuses a negative one, torch overflows past 2**64
+# (the loaders seed with seed * 1000 + epoch), so a seed is kept to numpy's classic range
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
 
 
@@ -188,7 +191,7 @@ class MemberCfg(Strict):
     """A member recipe: backbone + neck + head trained in stages on a data config."""
 
     name: str | None = Field(None, pattern=NAME_PATTERN)
-    seed: int = 0
+    seed: Seed = 0
     data: Path
     device: str = "auto"
     backbone: BackboneCfg = Field(default_factory=BackboneCfg)
@@ -261,7 +264,7 @@ class StudentCfg(MemberCfg):
     # a uniform model soup (Wortsman et al., 2022): the recipe is trained once per seed (`seed` and
     # these, each an ordinary student `<name>_seed<s>`) and the student is the mean of their weights;
     # one model, one member's cost. Empty: one run.
-    soup_seeds: list[int] = []
+    soup_seeds: list[Seed] = []
 
     @model_validator(mode="after")
     def _check_head(self):
@@ -319,7 +322,7 @@ class ProjectionCfg(Strict):
     neighbour_tau: float = Field(0.05, gt=0)
     # one fit per seed (its batch order), all from the same PCA start; the projection is the mean of their
     # matrices (a uniform soup), steadier than any one fit. [0]: one fit.
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -413,4 +416,4 @@ class BuildCfg(Strict):
     out: Path
     sources: list[SourceCfg] = Field(min_length=1)
     balance: SamplerCfg = Field(default_factory=SamplerCfg)
-    seed: int = 0
+    seed: Seed = 0

@@ -188,3 +188,5 @@ def test_soup_seeds_are_each_given_once():
         ProjectionCfg(seeds=[0, 1, 0])
     with pytest.raises(ValueError, match=r"seeds\n.*at least 1 item"):
         ProjectionCfg(seeds=[])
+    with pytest.raises(ValueError, match=r"seeds.1\n.*greater than or equal to 0"):
+        ProjectionCfg(seeds=[0, -1])

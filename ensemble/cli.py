@@ -14,7 +14,9 @@ WORKDIR = click.option("--workdir", default=lambda: os.environ.get("ENS_WORKDIR"
                        type=click.Path(file_okay=False), help="Workspace folder (env ENS_WORKDIR).")
 
 
-NPROC = click.option("--nproc", default=1, show_default=True,
+WORKERS = click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+                       help="Image-decoding processes (0: decode in the main process).")
+NPROC = click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Processes, one per GPU (CPU: gloo); same as `torchrun --nproc-per-node N -m ensemble.cli`.")
 
 
@@ -104,7 +106,7 @@ FEATURES = click.option("--features", type=click.Choice(["neck", "backbone"]), d
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Horizontal-flip averaging (a model's eval.extra_sizes are fixed by its model file).")
 @FEATURES
-@click.option("--workers", default=2, show_default=True)
+@WORKERS
 @NPROC
 @WORKDIR
 def embed_cmd(model, manifest, out, tta, features, workers, nproc, workdir):
@@ -144,7 +146,7 @@ def fuse_cmd(pca, no_pca, members, config_path, name, fit_on, features, whiten, 
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Neighbours scored (mP@k).")
 @click.option("--out", type=click.Path(), default=None, help="JSON report path (default runs/reports/MODEL.json).")
 @FEATURES
-@click.option("--workers", default=2, show_default=True)
+@WORKERS
 @click.option("--approx-above", default=2_000_000, show_default=True, type=click.IntRange(min=0),
               help="Index size above which an IVF index replaces exact search (its recall vs exact is reported).")
 @WORKDIR
@@ -175,7 +177,8 @@ def distill_cmd(cfg_path: str, overrides: tuple[str, ...], dry_run: bool, nproc:
               help="Output file: .pt (TorchScript) or .onnx (ONNX).")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default=None,
               help="Export format (default: from the --out suffix).")
-@click.option("--sample", default=16, show_default=True, help="Images embedded both ways to verify the file.")
+@click.option("--sample", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images embedded both ways to verify the file.")
 @click.option("--verify-manifest", type=click.Path(), default=None,
               help="CSV of images to verify with (default: the model's query split).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -240,7 +243,7 @@ def gallery_images(fn):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Gallery folder to write.")
 @click.option("--approx-above", default=1_000_000, show_default=True, type=click.IntRange(min=0),
               help="Images above which the index is IVF-Flat (its recall vs exact is measured) instead of exact.")
-@click.option("--workers", default=2, show_default=True)
+@WORKERS
 @WORKDIR
 def index_build_cmd(model, manifest, folder, out, approx_above, workers, workdir):
     """Embed a gallery with MODEL (any MODEL, exported files included) into a searchable index."""
@@ -252,7 +255,7 @@ def index_build_cmd(model, manifest, folder, out, approx_above, workers, workdir
 @index_group.command("add")
 @click.argument("index", type=click.Path(file_okay=False))
 @gallery_images
-@click.option("--workers", default=2, show_default=True)
+@WORKERS
 @WORKDIR
 def index_add_cmd(index, manifest, folder, workers, workdir):
     """Embed more images with the gallery's own model and append them."""

@@ -93,3 +93,28 @@ def test_names_cannot_leave_the_workspace(tmp_path, coil_data):
     result = CliRunner().invoke(main, ["train-member", "--cfg", str(recipe), "--workdir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "key 'name': String should match pattern" in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("command, option, value, bound", [
+    (["embed", "m", "--manifest", "q.csv", "--out", "e.npy"], "--workers", "-1", "x>=0"),
+    (["eval", "m"], "--workers", "-1", "x>=0"),
+    (["index", "build", "m", "--manifest", "q.csv", "--out", "g"], "--workers", "-1", "x>=0"),
+    (["index", "add", "g", "--manifest", "q.csv"], "--workers", "-2", "x>=0"),
+    (["embed", "m", "--manifest", "q.csv", "--out", "e.npy"], "--nproc", "0", "x>=1"),
+    (["train-member", "--cfg", "m.yaml"], "--nproc", "-2", "x>=1"),
+    (["export", "m", "--out", "m.pt"], "--sample", "0", "x>=1"),
+])
+def test_counts_below_their_range_are_refused_before_any_work(command, option, value, bound):
+    """`ens export --sample 0` raised ZeroDivisionError; `--sample -3` verified on every image; `--workers -1`
+    and `--nproc 0` were taken silently. Each is a one-line usage error now, before anything is loaded."""
+    result = CliRunner().invoke(main, [*command, option, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': {value} is not in the range {bound}" in result.output
+
+
+def test_export_library_refuses_an_empty_verification_sample(tmp_path):
+    from ensemble.deploy.export import verify_sample
+    from ensemble.errors import EnsError
+
+    with pytest.raises(EnsError, match=r"^export: sample 0: expected at least 1 image to verify the file with$"):
+        verify_sample(None, 0, str(tmp_path / "never_read.csv"))

@@ -89,6 +89,8 @@ def verify_sample(data: str | None, sample: int, manifest: str | None) -> list[s
             raise EnsError("export: no data config known for this model; give --verify-manifest CSV")
         cfg = load_data_cfg(data)
         manifest = cfg.query or cfg.index or cfg.train
+    if sample < 1:
+        raise EnsError(f"export: sample {sample}: expected at least 1 image to verify the file with")
     rows = read_manifest(manifest, require_label=False)
     step = max(1, len(rows) // sample)
     paths = []

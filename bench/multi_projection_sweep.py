@@ -20,7 +20,8 @@ embedded at three sizes (bench/multi_variants.py makes multi_cpu_ms), and writes
 
 fits the recipe's settings with seeds 0-9, one at a time, then scores means of their matrices (the
 library's `mean_of_fits`, what `learned.seeds` fits): three, five and ten seeds; writes
-multi_projection_soup.json and the "GUIE-mini projection soup" table.
+multi_projection_soup.json and the "GUIE-mini projection soup" table (with another --ensemble:
+multi_projection_soup_<ensemble>, e.g. multi_lodo_cpu, whose train rows lack the held-out domains).
 """
 
 from __future__ import annotations
@@ -139,13 +140,15 @@ def soup(args, fused: dict, labels: list[str], manifests: dict) -> None:
 
     result = {"command": f"python bench/multi_projection_sweep.py --ensemble {args.ensemble} --soup",
               "date": str(date.today()), "machine": machine(), "rows": soup_rows(fused, labels, start, score_of)}
-    record("multi_projection_soup", result, "GUIE-mini projection soup: the learned projection's seeds, alone "
-           "and averaged", domain_table(
+    name, on = ("multi_projection_soup", "") if args.ensemble == "multi_cpu" else \
+        (f"multi_projection_soup_{args.ensemble}", f" on {args.ensemble}'s members")
+    record(name, result, f"GUIE-mini projection soup: the learned projection's seeds, alone and averaged{on}",
+           domain_table(
                f"Command: `{result['command']}` — {result['date']}, {result['machine']}, one run, in the "
-               "workspace of `ens pipeline configs/pipelines/multi_cpu.yaml` (its members' cached features, "
+               f"workspace of the `ens pipeline` that trained {args.ensemble}'s members (their cached features, "
                "flip TTA, 160 px; signed square root, PCA-64 of the train rows as the start). Each seed's row "
                "is one `fit_projection` with the recipe's settings (neighbour_weight 1, neighbour_tau_teacher "
-               "0.05, lr 3e-4, 20 epochs; the seed sets the batch order) on multi's train images only; a "
+               "0.05, lr 3e-4, 20 epochs; the seed sets the batch order) on the members' train images only; a "
                "'mean of seeds' row averages those fits' matrices (`mean_of_fits`, what `learned.seeds` "
                "fits). 888 queries against the shared index of 3,626 images. s: seconds of fitting "
                "(a mean: its fits' sum).", result["rows"], ["variant"]))

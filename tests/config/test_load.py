@@ -127,3 +127,30 @@ def test_a_seed_outside_the_generators_range_fails_at_load(tmp_path, body):
                                        r"than 4294967296)"):
         load_member_cfg(recipe(tmp_path, body + "\n"))
     assert load_member_cfg(recipe(tmp_path, "seed: 4294967295\n")).seed == 2**32 - 1
+
+
+def test_base_merges_mappings_but_an_empty_mapping_clears():
+    from ensemble.config.load import deep_merge
+
+    base = {"backbone": {"arch": "a", "model_kwargs": {"act_layer": "relu6", "pad_type": "same"}}}
+    kept = deep_merge(base, {"backbone": {"arch": "b", "model_kwargs": {"pad_type": ""}}})
+    assert kept["backbone"] == {"arch": "b", "model_kwargs": {"act_layer": "relu6", "pad_type": ""}}
+    cleared = deep_merge(base, {"backbone": {"model_kwargs": {}}})
+    assert cleared["backbone"] == {"arch": "a", "model_kwargs": {}}
+
+
+def test_shipped_lite0_member_builds_without_mobilenet_v1_kwargs():
+    from pathlib import Path
+
+    cfg = load_member_cfg(Path(__file__).resolve().parents[2] / "members" / "cpu" / "lite0_multi.yaml")
+    assert cfg.backbone.arch == "tf_efficientnet_lite0" and cfg.backbone.model_kwargs == {}
+    assert cfg.sampler.domain_alpha == 0.5 and cfg.backbone.image_size == 128
+
+
+def test_an_ensemble_lists_each_member_once(tmp_path):
+    """`--members a,a` fused a model with itself ('2 members in 1 groups'); a typo, refused naming it."""
+    from ensemble.fuse.config import ensemble_cfg
+
+    assert ensemble_cfg(tmp_path, members="a,b").members == ["a", "b"]
+    with pytest.raises(EnsError, match=r"^ens fuse: key 'members': Value error, a listed twice; each member once"):
+        ensemble_cfg(tmp_path, members="a,b,a")

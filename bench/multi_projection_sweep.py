@@ -35,10 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import numpy as np  # noqa: E402
 from multi_reducer_sweep import score, sweep_inputs  # noqa: E402
 from update_benchmarks import domain_table, machine, record  # noqa: E402
 
 from ensemble.config.schema import ProjectionCfg  # noqa: E402
+from ensemble.data.manifest import read_manifest  # noqa: E402
 from ensemble.fuse.combine import combine  # noqa: E402
 from ensemble.fuse.learned import fit_projection, mean_of_fits  # noqa: E402
 from ensemble.fuse.reducer import fit_pca  # noqa: E402
@@ -102,7 +104,10 @@ def main() -> None:
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
     labels = list(manifests["train"].labels)
     if args.soup:
-        return soup(args, {s: combine(feats, groups, 0.5) for s, feats in parts.items()}, labels, manifests)
+        fused = {s: combine(feats, groups, 0.5) for s, feats in parts.items()}
+        keep = fit_rows(manifests["train"], features.model.ensemble.description["fit_on"]["manifest"])
+        fused["train"] = fused["train"][keep]
+        return soup(args, fused, [labels[i] for i in np.flatnonzero(keep)], manifests)
     fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows
     for power, settings, seeds in variants:
         if power not in fused:
@@ -128,6 +133,16 @@ def main() -> None:
                "GUIE-mini projection sweep: settings of the learned 64-d projection", table(result))
 
 
+def fit_rows(train, fit_manifest: str) -> np.ndarray:
+    """Which of multi's train rows the ensemble was fitted on (all for multi_cpu; multi_lodo_cpu's lack the
+    held-out domains), so a refit sees only what the shipped fit saw."""
+    fit_paths = read_manifest(fit_manifest, require_label=False).paths
+    keep = np.isin(np.asarray(train.paths), np.asarray(fit_paths))
+    if keep.sum() != len(fit_paths):
+        sys.exit(f"{fit_manifest}: {len(fit_paths) - keep.sum()} of its rows are not multi's train images")
+    return keep
+
+
 def soup(args, fused: dict, labels: list[str], manifests: dict) -> None:
     """--soup: seeds alone and averaged, its own JSON and table."""
     start = fit_pca(fused["train"], 64)
@@ -148,7 +163,8 @@ def soup(args, fused: dict, labels: list[str], manifests: dict) -> None:
                f"workspace of the `ens pipeline` that trained {args.ensemble}'s members (their cached features, "
                "flip TTA, 160 px; signed square root, PCA-64 of the train rows as the start). Each seed's row "
                "is one `fit_projection` with the recipe's settings (neighbour_weight 1, neighbour_tau_teacher "
-               "0.05, lr 3e-4, 20 epochs; the seed sets the batch order) on the members' train images only; a "
+               "0.05, lr 3e-4, 20 epochs; the seed sets the batch order) on the ensemble's own fit images only "
+               f"({len(labels):,} train images, no query or index image); a "
                "'mean of seeds' row averages those fits' matrices (`mean_of_fits`, what `learned.seeds` "
                "fits). 888 queries against the shared index of 3,626 images. s: seconds of fitting "
                "(a mean: its fits' sum).", result["rows"], ["variant"]))

@@ -58,7 +58,7 @@ def trained_on(cfg: ProjectionCfg) -> str:
 def fit_projection_soup(features, labels: list[str], start: PCAReducer, cfg: ProjectionCfg) -> PCAReducer:
     """`fit_projection` once per seed of `cfg.seeds`, the matrices averaged (a uniform soup: every fit starts
     at `start`, so their mean is a map of the same form). One fit's batch order moves a small category-level
-    domain by a few hundredths of mP@5; the mean of several moves it far less. One seed: that fit itself."""
+    domain by a few hundredths of mP@5; the mean of several moves it less. One seed: that fit itself."""
     return mean_of_fits([fit_projection(features, labels, start, cfg, seed=seed) for seed in cfg.seeds], start)
 
 

@@ -100,14 +100,13 @@ def soup_rows(fused: dict, labels: list[str], start, score_of) -> list[dict]:
 def main() -> None:
     args, features = sweep_inputs(__doc__.splitlines()[0], more_args=recipe_only)
     variants = [v for v in VARIANTS if v[0] == 0.5 and v[1] == RECIPE] if args.recipe_only else VARIANTS
-    parts, manifests, blocks = features.parts, features.manifests, features.blocks
+    manifests, blocks = features.manifests, features.blocks
     groups = [[i] for i in range(len(blocks))]  # three architectures: nothing to average
-    labels = list(manifests["train"].labels)
+    keep = fit_rows(manifests["train"], features.model.ensemble.description["fit_on"]["manifest"])
+    parts = {**features.parts, "train": [feats[keep] for feats in features.parts["train"]]}
+    labels = [manifests["train"].labels[i] for i in np.flatnonzero(keep)]
     if args.soup:
-        fused = {s: combine(feats, groups, 0.5) for s, feats in parts.items()}
-        keep = fit_rows(manifests["train"], features.model.ensemble.description["fit_on"]["manifest"])
-        fused["train"] = fused["train"][keep]
-        return soup(args, fused, [labels[i] for i in np.flatnonzero(keep)], manifests)
+        return soup(args, {s: combine(feats, groups, 0.5) for s, feats in parts.items()}, labels, manifests)
     fused, starts, rows = {}, {}, []  # per power: the fused splits, and PCA-64 of its train rows
     for power, settings, seeds in variants:
         if power not in fused:

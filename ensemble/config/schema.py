@@ -16,6 +16,11 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
 
 
+def repeated(items: list) -> list:
+    """The items listed more than once (sorted): the lists of seeds and members name each one once."""
+    return sorted({x for x in items if items.count(x) > 1})
+
+
 class Strict(BaseModel):
     """Base for every config block: unknown keys fail, values are validated on assignment."""
 
@@ -276,8 +281,7 @@ class StudentCfg(MemberCfg):
 
     @model_validator(mode="after")
     def _check_soup(self):
-        seeds = [self.seed, *self.soup_seeds]
-        if len(set(seeds)) != len(seeds):
+        if repeated([self.seed, *self.soup_seeds]):
             raise ValueError(f"soup_seeds: expected seeds other than `seed` ({self.seed}), each once; got "
                              f"{self.soup_seeds}")
         if self.soup_seeds and (self.neck_init != "lstsq" or not (self.backbone.pretrained or self.backbone.init_from)):
@@ -327,7 +331,7 @@ class ProjectionCfg(Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds_once(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
+        if repeated(seeds):
             raise ValueError(f"expected each seed once, got {seeds}")
         return seeds
 
@@ -371,7 +375,7 @@ class EnsembleCfg(Strict):
     @field_validator("members")
     @classmethod
     def _each_member_once(cls, members: list[str]) -> list[str]:
-        twice = sorted({m for m in members if members.count(m) > 1})
+        twice = repeated(members)
         if twice:  # a typo: the same model fused with itself
             raise ValueError(f"{', '.join(twice)} listed twice; each member once")
         return members

@@ -26,6 +26,12 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def located_sha1(self) -> str:
+        """Content and where its images are: byte-identical CSVs in two folders name different images, so
+        what is cached per manifest is keyed by this, not by `sha1` (which names a training set wherever it lies)."""
+        return hashlib.sha1("\n".join((self.sha1, *self.paths)).encode()).hexdigest()
+
 
 def read_manifest(path: str | Path, require_label: bool = True) -> Manifest:
     """Read a manifest CSV; missing columns or an empty file are one-line errors."""

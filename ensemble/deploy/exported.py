@@ -51,7 +51,7 @@ def embed_exported(path: str | Path, manifest: Manifest, cache_dir: Path | None,
     each image fed whole at its own size (cached under `cache_dir` by file and manifest hash, with the
     cache file's SHA-1 checked on every read, unless it is None). Unreadable images give zero rows."""
     path = Path(path)
-    key = hashlib.sha1(f"{file_sha1(path)}|{manifest.sha1}".encode()).hexdigest()[:20]
+    key = hashlib.sha1(f"{file_sha1(path)}|{manifest.located_sha1}".encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"export-{path.name}" / f"{key}.npy" if cache_dir is not None else None
     dim = read_meta(path)["output_dim"]
     cached = load_checked(cache, len(manifest), dim) if cache is not None else None

@@ -1,4 +1,4 @@
-"""Embeddings cached in the workspace, keyed by model checkpoint content + manifest content + TTA.
+"""Embeddings cached in the workspace, keyed by model checkpoint content + manifest content and place + TTA.
 
 Each cache file lists its image paths beside it (`<key>.paths`), so a new manifest that shares images
 with cached ones (e.g. a distill set = train + index) extracts only the images not seen before. A long
@@ -34,7 +34,7 @@ def identity(emb: Embedder, tta: TTA) -> str:
 
 
 def cache_path(cache_dir: Path, emb: Embedder, manifest: Manifest, tta: TTA) -> Path:
-    key = hashlib.sha1(f"{identity(emb, tta)}|{manifest.sha1}".encode()).hexdigest()[:20]
+    key = hashlib.sha1(f"{identity(emb, tta)}|{manifest.located_sha1}".encode()).hexdigest()[:20]
     return Path(cache_dir) / emb.name / f"{key}.npy"
 
 

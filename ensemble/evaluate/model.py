@@ -59,5 +59,6 @@ def _settings(cfg: MemberCfg, exclude: set[str] = frozenset()) -> dict:
 
 def _eval_inputs(cfg: MemberCfg, settings: dict) -> dict:
     data = load_data_cfg(cfg.data)
-    manifests = {k: read_manifest(getattr(data, k)).sha1 if getattr(data, k) else None for k in ("query", "index")}
+    manifests = {k: read_manifest(getattr(data, k)).located_sha1 if getattr(data, k) else None
+                 for k in ("query", "index")}
     return {"eval": settings, "data": str(cfg.data), **manifests}

@@ -85,6 +85,28 @@ def test_exported_student_matches_ens_eval_embedding(distilled_workspace, tmp_pa
     assert np.array_equal(np.load(cached), from_file)  # and rewritten whole
 
 
+def test_an_exported_files_cache_tells_equal_csvs_in_two_folders_apart(distilled_workspace, tmp_path):
+    import shutil
+
+    from tests.conftest import write_manifest
+
+    out = tmp_path / "stu.pt"
+    export("student:stu", distilled_workspace, out, sample=2)
+    ws = Workspace(distilled_workspace)
+    model = resolve_model(str(out), ws)
+    query = read_manifest(distilled_workspace.parent / "query.csv")
+    manifests = []
+    for folder, sources in (("a", query.paths[:2]), ("b", query.paths[2:4])):  # other images, same names
+        (tmp_path / folder).mkdir()
+        for i, source in enumerate(sources):
+            shutil.copy(source, tmp_path / folder / f"{i}.jpg")
+        rows = [{"path": f"{i}.jpg", "label": "x", "domain": ""} for i in range(2)]
+        manifests.append(read_manifest(write_manifest(tmp_path / folder / "m.csv", rows)))
+    first, second = (model.embed(m, ws, workers=0) for m in manifests)
+    assert not np.allclose(first, second, atol=1e-2)
+    assert np.allclose(second, model.embed(manifests[1], ws, workers=0, cache=False), atol=1e-6)
+
+
 def test_export_refuses_when_the_file_disagrees_with_the_package(distilled_workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "MIN_COSINE", 1.5)
     out = tmp_path / "bad.pt"

@@ -118,6 +118,28 @@ def test_images_cached_under_another_manifest_are_not_extracted_again(trained_wo
     assert np.allclose(feats, fresh, atol=2e-3)  # float16 cache vs float32
 
 
+def test_the_same_csv_text_in_another_folder_names_other_images_and_misses_the_cache(trained_workspace, tmp_path):
+    import shutil
+
+    from tests.conftest import write_manifest
+
+    cpu = torch.device("cpu")
+    index = read_manifest(trained_workspace.parent / "index.csv")
+    rows = [{"path": f"img/{i}.png", "label": "", "domain": ""} for i in range(4)]
+    manifests = []
+    for folder, sources in (("a", index.paths[:4]), ("b", index.paths[-4:])):  # other images, same file names
+        (tmp_path / folder / "img").mkdir(parents=True)
+        for i, source in enumerate(sources):
+            shutil.copy(source, tmp_path / folder / "img" / f"{i}.png")
+        manifests.append(read_manifest(write_manifest(tmp_path / folder / "m.csv", rows), require_label=False))
+    assert manifests[0].sha1 == manifests[1].sha1  # byte-identical CSVs
+    emb = load_member_embedder(trained_workspace, "vit_a", "neck", cpu)
+    first, second = (embed_manifest([emb], m, tmp_path / "cache", cpu, workers=0)[0] for m in manifests)
+    fresh = extract_many([emb], manifests[1].paths, cpu, TTA(flip=True), workers=0)[0]
+    assert not np.allclose(first, second, atol=1e-2)
+    assert np.allclose(second, fresh, atol=2e-3)  # b's own images, not a's features
+
+
 def test_an_image_that_failed_under_another_manifest_is_tried_again(trained_workspace, tmp_path, monkeypatch):
     from tests.conftest import write_manifest
 

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .shards import read_member
 
@@ -54,6 +54,8 @@ def decode_image(path: str, draft_px: int | None = None) -> np.ndarray:
                 return np.asarray(_to_rgb(img))
     except FileNotFoundError:
         raise DecodeError("file not found") from None
+    except UnidentifiedImageError:  # its own text names the stream object of a shard member, not the image
+        raise DecodeError("cannot identify image file (not an image, or a format PIL does not read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DecodeError("image too large (decompression-bomb limit)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -69,6 +69,16 @@ def test_unreadable_files_raise_decode_error(tmp_path, name, content, reason):
         decode_image(str(tmp_path / name))
 
 
+def test_a_shard_path_at_the_wrong_offset_says_what_is_wrong_without_a_memory_address(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "t.png")
+    size = (tmp_path / "t.png").stat().st_size
+    (tmp_path / "s.tar").write_bytes(b"\0" * 512 + (tmp_path / "t.png").read_bytes())
+    assert decode_image(f"{tmp_path}/s.tar@512:{size}").shape == (8, 8, 3)
+    with pytest.raises(DecodeError) as info:
+        decode_image(f"{tmp_path}/s.tar@513:{size - 1}")  # one byte off: no image starts there
+    assert str(info.value) == "cannot identify image file (not an image, or a format PIL does not read)"
+
+
 def test_truncated_and_missing(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()

@@ -114,6 +114,13 @@ class SamplerCfg(Strict):
     oversample_to: int = Field(20, ge=0)
     domain_alpha: float | None = Field(None, ge=0)
 
+    @model_validator(mode="after")
+    def _floor_within_cap(self):
+        if self.oversample_to > self.max_per_class:
+            raise ValueError(f"oversample_to {self.oversample_to} > max_per_class {self.max_per_class}: every class "
+                             "would be repeated past its cap; expected oversample_to <= max_per_class")
+        return self
+
 
 class AugmentCfg(Strict):
     """Named training augmentations (albumentations); set an op to null to disable it."""

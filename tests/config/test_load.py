@@ -154,3 +154,10 @@ def test_an_ensemble_lists_each_member_once(tmp_path):
     assert ensemble_cfg(tmp_path, members="a,b").members == ["a", "b"]
     with pytest.raises(EnsError, match=r"^ens fuse: key 'members': Value error, a listed twice; each member once"):
         ensemble_cfg(tmp_path, members="a,b,a")
+
+
+def test_a_sampler_floor_above_its_cap_fails_at_load(tmp_path):
+    path = recipe(tmp_path, "sampler: {max_per_class: 2}\n")  # oversample_to keeps its default, 20
+    with pytest.raises(EnsError, match=r"^\S+m.yaml: key 'sampler': Value error, oversample_to 20 > max_per_class 2"):
+        load_member_cfg(path)
+    assert load_member_cfg(path, ["sampler.oversample_to=2"]).sampler.max_per_class == 2

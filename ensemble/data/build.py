@@ -89,6 +89,10 @@ def build(cfg: BuildCfg) -> dict:
     names = [s.name for s in cfg.sources]
     if len(set(names)) != len(names):
         raise EnsError(f"sources: names must be unique, got {names}")
+    for src in cfg.sources:
+        if src.csv is not None and Path(src.csv).resolve() == Path(cfg.out).resolve():
+            raise EnsError(f"out: {cfg.out} is source {src.name}'s csv; writing there would replace the input "
+                           "it is built from; pick another path")
     rows: list[Row] = []
     raw = {}
     for src in cfg.sources:

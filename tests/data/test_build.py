@@ -76,3 +76,12 @@ def test_build_errors(tmp_path):
     dup = {**cfg, "sources": [cfg["sources"][2], cfg["sources"][2]]}
     with pytest.raises(EnsError, match="names must be unique"):
         build(BuildCfg.model_validate(dup))
+
+
+def test_build_refuses_to_write_over_a_source_csv(tmp_path):
+    cfg = fake_sources(tmp_path)
+    source = next(s for s in cfg["sources"] if s.get("csv"))
+    before = Path(source["csv"]).read_bytes()
+    with pytest.raises(EnsError, match=rf"^out: \S+ is source {source['name']}'s csv; writing there would replace"):
+        build(BuildCfg.model_validate({**cfg, "out": str(tmp_path / "." / Path(source["csv"]).relative_to(tmp_path))}))
+    assert Path(source["csv"]).read_bytes() == before

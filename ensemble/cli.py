@@ -10,8 +10,17 @@ import click
 
 from .errors import EnsError
 
+
+def _remember_workdir(ctx: click.Context, param, value: str) -> str:
+    """Kept for error lines: a failed write inside the workspace suggests another --workdir, one outside it not."""
+    if isinstance(ctx.obj, dict):
+        ctx.obj["workdir"] = value
+    return value
+
+
 WORKDIR = click.option("--workdir", default=lambda: os.environ.get("ENS_WORKDIR", "runs"), show_default="runs",
-                       type=click.Path(file_okay=False), help="Workspace folder (env ENS_WORKDIR).")
+                       type=click.Path(file_okay=False), callback=_remember_workdir,
+                       help="Workspace folder (env ENS_WORKDIR).")
 
 
 WORKERS = click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
@@ -48,19 +57,29 @@ class EnsGroup(click.Group):
         except (EnsError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc if isinstance(exc, EnsError) else describe_os_error(exc)}", err=True)
+            workdir = (ctx.obj or {}).get("workdir")
+            click.echo(f"error: {exc if isinstance(exc, EnsError) else describe_os_error(exc, workdir)}", err=True)
             sys.exit(2)
 
 
-def describe_os_error(exc: OSError) -> str:
-    """One line for a failed read or write: which file, and what the system said (read-only, full disk...)."""
+def describe_os_error(exc: OSError, workdir: str | None = None) -> str:
+    """One line for a failed read or write: which file, what the system said (read-only, full disk...), and
+    what to change: the --workdir when the file is in the workspace, else the place the file is written to."""
     import errno
 
-    hints = {errno.EROFS: "the workspace is on a read-only file system; give a writable --workdir",
-             errno.EACCES: "permission denied; give a writable --workdir or fix the folder's permissions",
-             errno.ENOSPC: "no space left on the device; free some or give another --workdir"}
     where = exc.filename or "a file"
+    in_workspace = workdir is not None and _inside(where, workdir)
+    fix = "give a writable --workdir" if in_workspace else "write it to another folder"
+    hints = {errno.EROFS: ("the workspace is on a read-only file system; " if in_workspace else "") + fix,
+             errno.EACCES: f"permission denied; {fix} or fix the folder's permissions",
+             errno.ENOSPC: "no space left on the device; free some or "
+                           + ("give another --workdir" if in_workspace else "write it to another folder")}
     return f"{where}: {exc.strerror or exc}" + (f" ({hints[exc.errno]})" if exc.errno in hints else "")
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 @click.group(cls=EnsGroup)

@@ -118,3 +118,23 @@ def test_export_library_refuses_an_empty_verification_sample(tmp_path):
 
     with pytest.raises(EnsError, match=r"^export: sample 0: expected at least 1 image to verify the file with$"):
         verify_sample(None, 0, str(tmp_path / "never_read.csv"))
+
+
+@pytest.mark.parametrize("code, in_workspace, hint", [
+    ("EROFS", True, "the workspace is on a read-only file system; give a writable --workdir"),
+    ("EROFS", False, "write it to another folder"),
+    ("EACCES", True, "permission denied; give a writable --workdir or fix the folder's permissions"),
+    ("EACCES", False, "permission denied; write it to another folder or fix the folder's permissions"),
+    ("ENOSPC", True, "no space left on the device; free some or give another --workdir"),
+    ("ENOSPC", False, "no space left on the device; free some or write it to another folder"),
+])
+def test_a_failed_write_suggests_another_workdir_only_for_files_in_the_workspace(tmp_path, code, in_workspace, hint):
+    import errno
+    import os
+
+    from ensemble.cli import describe_os_error
+
+    target = tmp_path / ("runs/cache/x.npy" if in_workspace else "out/x.npy")
+    line = describe_os_error(OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(target)),
+                             workdir=str(tmp_path / "runs"))
+    assert line == f"{target}: {os.strerror(getattr(errno, code))} ({hint})"

@@ -199,7 +199,7 @@ def test_a_read_only_workspace_is_a_one_line_error(trained_workspace, tmp_path, 
         raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    out = tmp_path / "reports" / "r.json"
+    out = trained_workspace / "reports" / "read_only.json"  # in the workspace like the cache: the same hint
     result = CliRunner().invoke(main, ["eval", "vit_a", "--out", str(out), "--workers", "0",
                                        "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -377,6 +377,8 @@ class EnsembleCfg(Strict):
     def _check_projection(self):
         if self.projection == "learned" and (self.pca is None or self.whiten):
             raise ValueError("projection: learned needs `pca` dims and whiten: false")
+        if self.whiten and self.pca is None:  # a plain concatenation has no PCA output to whiten
+            raise ValueError("whiten: true needs `pca` dims (nothing is whitened in a plain concatenation)")
         return self
 
     @field_validator("members")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config.load import apply_overrides, read_yaml, validate
 from ..config.schema import EnsembleCfg
+from ..errors import EnsError
 from ..workspace.layout import Workspace
 
 
@@ -24,6 +25,8 @@ def ensemble_cfg(workdir, path: str | None = None, overrides: list[str] | None =
         if flags.get(key) is not None:
             raw[key] = flags[key]
     if flags.get("no_pca"):
+        if flags.get("pca") is not None:
+            raise EnsError(f"--pca {flags['pca']} and --no-pca: give one (a reducer to that many dims, or none)")
         raw["pca"] = None
     if path and not raw.get("name"):
         raw["name"] = Path(path).stem

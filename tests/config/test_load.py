@@ -161,3 +161,13 @@ def test_a_sampler_floor_above_its_cap_fails_at_load(tmp_path):
     with pytest.raises(EnsError, match=r"^\S+m.yaml: key 'sampler': Value error, oversample_to 20 > max_per_class 2"):
         load_member_cfg(path)
     assert load_member_cfg(path, ["sampler.oversample_to=2"]).sampler.max_per_class == 2
+
+
+def test_an_ensemble_refuses_whitening_without_pca_and_both_pca_flags(tmp_path):
+    from ensemble.fuse.config import ensemble_cfg
+
+    assert ensemble_cfg(tmp_path, members="a", no_pca=True).pca is None
+    with pytest.raises(EnsError, match=r"^ens fuse: key '<root>': Value error, whiten: true needs `pca` dims"):
+        ensemble_cfg(tmp_path, members="a", no_pca=True, whiten=True)
+    with pytest.raises(EnsError, match=r"^--pca 32 and --no-pca: give one"):
+        ensemble_cfg(tmp_path, members="a", pca=32, no_pca=True)

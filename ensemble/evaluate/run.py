@@ -22,6 +22,8 @@ def eval_manifests(data: str | None, query: str | None, index: str | None, defau
     if query or index:
         if not (query and index):
             raise EnsError("--query and --index must be given together")
+        if data:  # which pair would be scored is not obvious: refuse rather than pick one
+            raise EnsError(f"--data {data} and --query/--index: give one (a data config, or the two manifests)")
         return read_eval_pair(query, index)
     path = data or default_data
     if path is None:

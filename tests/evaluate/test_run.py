@@ -56,6 +56,10 @@ def test_eval_errors_are_one_line(trained_workspace):
     assert result.exit_code == 2 and result.output.startswith("error: MODEL nothing.pt: exported file not found")
     result = CliRunner().invoke(main, ["eval", "vit_a", "--query", "q.csv", "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "--query and --index must be given together" in result.output
+    both = ["eval", "vit_a", "--data", "d.yaml", "--query", "q.csv", "--index", "i.csv"]
+    result = CliRunner().invoke(main, [*both, "--workdir", str(trained_workspace)])
+    assert result.exit_code == 2 and result.output == "error: --data d.yaml and --query/--index: give one (a data " \
+        "config, or the two manifests)\n"
     result = CliRunner().invoke(main, ["fuse", "--pca", "999", "--members", "vit_a", "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "pca: 999 dims requested" in result.output
 

@@ -58,19 +58,38 @@ class TrainTransform:
 def build_train_transform(cfg: AugmentCfg, size_px: int, mean, std) -> TrainTransform:
     """The enabled named ops (after a random-resized-crop in that mode), then `Preprocess`:
     bilinear antialiased resize to size_px and (x / 255 - mean) / std, as in eval."""
+    return TrainTransform(A.Compose(_steps(cfg, size_px)), Preprocess(size_px, mean, std))
+
+
+def check_augment(cfg: AugmentCfg) -> None:
+    """Build every op once so that a bad name or setting fails when the recipe loads, not at the first batch."""
+    _steps(cfg, 32)
+
+
+def _steps(cfg: AugmentCfg, size_px: int) -> list:
     steps = []
     if cfg.resize == "random_resized_crop":
-        steps = [A.RandomResizedCrop(size=(size_px, size_px), scale=tuple(cfg.crop_scale))]
+        steps = [_built("crop_scale", list(cfg.crop_scale), A.RandomResizedCrop,
+                        size=(size_px, size_px), scale=tuple(cfg.crop_scale))]
     for name, kwargs in cfg.ops.items():
         if name not in OPS:
             raise EnsError(f"augment.ops.{name}: unknown augmentation; known: {sorted(OPS)}")
-        if kwargs is None:
-            continue
-        try:
-            steps.append(OPS[name](**kwargs))
-        except TypeError as exc:
-            raise EnsError(f"augment.ops.{name}: {exc}") from None
-    return TrainTransform(A.Compose(steps), Preprocess(size_px, mean, std))
+        if kwargs is not None:
+            steps.append(_built(f"ops.{name}", kwargs, OPS[name], **kwargs))
+    return steps
+
+
+def _built(key: str, value, make, **kwargs):
+    try:
+        return make(**kwargs)
+    except TypeError as exc:
+        raise EnsError(f"augment.{key}: {exc}") from None
+    except ValueError as exc:  # albumentations validates its arguments with pydantic: name the one it refused
+        cause = exc if hasattr(exc, "errors") else exc.__cause__  # re-raised as a plain ValueError
+        errors = cause.errors() if hasattr(cause, "errors") else []
+        why = (f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}" if errors
+               else str(exc).splitlines()[0])
+        raise EnsError(f"augment.{key} {value}: albumentations refused {why}") from None
 
 
 def to_uint8_tensor(arr) -> torch.Tensor:

@@ -13,6 +13,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # seeds python's, numpy's and torch's generators: numpy refuses a negative one, torch overflows past 2**64
 # (the loaders seed with seed * 1000 + epoch), so a seed is kept to numpy's classic range
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# a margin on the target class, radians (ArcFace) or cosine (CosFace): past pi/2 the target is pushed beyond
+# orthogonal to its own centre, a typo rather than a setting (GUIE solutions used 0.1-0.8)
+MarginRad = Annotated[float, Field(ge=0, le=1.5708)]
 MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
 
 
@@ -78,16 +81,22 @@ class NeckCfg(Strict):
 class MarginScheduleCfg(Strict):
     """Margin per epoch: min(start + step * epoch, max)."""
 
-    start: float = 0.1
-    step: float = 0.1
-    max: float = 0.8
+    start: MarginRad = 0.1
+    step: float = Field(0.1, ge=0)
+    max: MarginRad = 0.8
 
 
 class AdaptiveMarginCfg(Strict):
     """Per-class margin a * minmax(n_c ** -1/4) + b (4th place GUIE)."""
 
-    a: float = 0.45
-    b: float = 0.05
+    a: MarginRad = 0.45
+    b: MarginRad = 0.05
+
+    @model_validator(mode="after")
+    def _largest_within_bound(self):
+        if self.a + self.b > 1.5708:
+            raise ValueError(f"a + b = {self.a + self.b:g}: the rarest class's margin; expected at most pi/2 (1.5708)")
+        return self
 
 
 class HeadCfg(Strict):
@@ -95,7 +104,7 @@ class HeadCfg(Strict):
 
     type: Literal["arcface", "cosface"] = "arcface"
     scale: float = Field(30.0, gt=0)
-    margin_rad: float = Field(0.5, ge=0)
+    margin_rad: MarginRad = 0.5
     margin_schedule: MarginScheduleCfg | None = None
     adaptive_margin: AdaptiveMarginCfg | None = None
     subcenters: PositiveInt = 1

@@ -171,3 +171,21 @@ def test_an_ensemble_refuses_whitening_without_pca_and_both_pca_flags(tmp_path):
         ensemble_cfg(tmp_path, members="a", no_pca=True, whiten=True)
     with pytest.raises(EnsError, match=r"^--pca 32 and --no-pca: give one"):
         ensemble_cfg(tmp_path, members="a", pca=32, no_pca=True)
+
+
+@pytest.mark.parametrize("head, key", [
+    ("{margin_rad: 4}", "head.margin_rad"),  # radians: a typo for 0.4
+    ("{margin_rad: -0.1}", "head.margin_rad"),
+    ("{margin_schedule: {start: 0.1, step: -0.1, max: 0.5}}", "head.margin_schedule.step"),
+    ("{margin_schedule: {start: 0.1, step: 0.1, max: 3}}", "head.margin_schedule.max"),
+    ("{adaptive_margin: {a: -0.4, b: 0.05}}", "head.adaptive_margin.a"),
+])
+def test_margins_outside_zero_to_half_pi_fail_at_load(tmp_path, head, key):
+    with pytest.raises(EnsError, match=rf"m.yaml: key '{key}': Input should be (greater|less) than or equal to"):
+        load_member_cfg(recipe(tmp_path, f"head: {head}\n"))
+
+
+def test_an_adaptive_margins_largest_value_is_bounded_too(tmp_path):
+    with pytest.raises(EnsError, match=r"key 'head.adaptive_margin': Value error, a \+ b = 1.6: the rarest class"):
+        load_member_cfg(recipe(tmp_path, "head: {adaptive_margin: {a: 1.5, b: 0.1}}\n"))
+    assert load_member_cfg(recipe(tmp_path, "head: {margin_rad: 0.8}\n")).head.margin_rad == 0.8

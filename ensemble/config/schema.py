@@ -263,6 +263,13 @@ class DistillLossCfg(Strict):
             raise ValueError("sim_kl_teacher: concat needs sim_kl > 0 (it is the teacher side of that term)")
         return self
 
+    @model_validator(mode="after")
+    def _some_term(self):
+        terms = ("cosine", "smooth_l1", "rkd", "sim_kl", "arcface", "members")
+        if not any(getattr(self, t) > 0 for t in terms):
+            raise ValueError(f"every term's weight is 0, nothing to train on; expected one of {', '.join(terms)} > 0")
+        return self
+
 
 class StudentCfg(MemberCfg):
     """A student recipe: a member recipe's keys plus the teacher ensemble and the distillation loss.

@@ -189,3 +189,12 @@ def test_an_adaptive_margins_largest_value_is_bounded_too(tmp_path):
     with pytest.raises(EnsError, match=r"key 'head.adaptive_margin': Value error, a \+ b = 1.6: the rarest class"):
         load_member_cfg(recipe(tmp_path, "head: {adaptive_margin: {a: 1.5, b: 0.1}}\n"))
     assert load_member_cfg(recipe(tmp_path, "head: {margin_rad: 0.8}\n")).head.margin_rad == 0.8
+
+
+def test_a_student_with_every_loss_term_off_fails_at_load(tmp_path):
+    from ensemble.config.load import load_student_cfg
+
+    path = recipe(tmp_path, "loss: {cosine: 0, smooth_l1: 0, rkd: 0}\n")
+    with pytest.raises(EnsError, match=r"m.yaml: key 'loss': Value error, every term's weight is 0, nothing to train"):
+        load_student_cfg(path)
+    assert load_student_cfg(path, ["loss.rkd=0.5"]).loss.rkd == 0.5

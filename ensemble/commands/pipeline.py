@@ -55,6 +55,19 @@ def load_pipeline_cfg(path: str | Path) -> PipelineCfg:
     return cfg
 
 
+def _each_member_once(cfg: PipelineCfg, members: list[MemberCfg]) -> None:
+    """Each member its own workspace folder: a recipe listed twice, or two recipes of one name, is refused
+    before anything trains (the second would meet the first's checkpoint)."""
+    first: dict[str, Path] = {}
+    for path, member in zip(cfg.members, members, strict=True):
+        if first.get(member.name) == path:
+            raise EnsError(f"members: {path} is listed twice; list each recipe once")
+        if member.name in first:
+            raise EnsError(f"members: {path} and {first[member.name]} are both member '{member.name}' (one "
+                           "workspace folder); give each recipe its own `name`")
+        first[member.name] = path
+
+
 def cost(model: ResolvedModel, seconds: float, exported: str | None = None) -> dict:
     """GFLOPs per image (from the model files' recipes) and measured ms per image here; for an exported
     file the FLOPs are its student's and the time is the TorchScript file's own."""
@@ -70,6 +83,7 @@ def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
     """Run every step (reusing finished work) and return the table's rows."""
     ws = Workspace.at(workdir)
     members = [load_member_cfg(path) for path in cfg.members]
+    _each_member_once(cfg, members)
     ens_cfg = ensemble_cfg(ws, str(cfg.ensemble))
     missing = sorted(set(ens_cfg.members) - {m.name for m in members})
     if missing:

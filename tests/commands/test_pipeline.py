@@ -79,3 +79,19 @@ def test_pipeline_config_errors(tmp_path, coil_data):
     (tmp_path / "ens.yaml").write_text("members: [pa, other]\npca: 8\n")
     with pytest.raises(EnsError, match=r"members \['other'\] are not trained by this pipeline"):
         run_pipeline(load_pipeline_cfg(pipe), tmp_path / "runs")
+
+
+def test_a_pipeline_trains_each_member_once_and_refuses_two_of_one_name(tmp_path, coil_data):
+    pipe = write_pipeline(tmp_path, coil_data)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(pipe.read_text().replace("members: [pa.yaml, pb.yaml]", "members: [pa.yaml, pb.yaml, pa.yaml]"))
+    with pytest.raises(EnsError, match=r"^members: \S+/pa.yaml is listed twice; list each recipe once$"):
+        run_pipeline(load_pipeline_cfg(twice), tmp_path / "runs")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "pa.yaml").write_text((tmp_path / "pb.yaml").read_text())  # another recipe, same stem
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(pipe.read_text().replace("members: [pa.yaml, pb.yaml]", "members: [pa.yaml, other/pa.yaml]"))
+    with pytest.raises(EnsError, match=r"^members: \S+/other/pa.yaml and \S+/pa.yaml are both member 'pa' \(one "
+                                       r"workspace folder\); give each recipe its own `name`$"):
+        run_pipeline(load_pipeline_cfg(clash), tmp_path / "runs")
+    assert not (tmp_path / "runs" / "members").exists()  # refused before anything trained

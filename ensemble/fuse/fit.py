@@ -99,7 +99,12 @@ def describe(cfg: EnsembleCfg, name: str, parts: list[Part], groups, manifest: M
 def fuse_or_reuse(cfg: EnsembleCfg, workdir: str | Path | Workspace) -> ResolvedModel:
     """The ensemble of `cfg`: reused when its saved config and member checkpoints are unchanged."""
     ws = Workspace.at(workdir)
-    if saved_ensemble_config(ws, cfg.name) == cfg.model_dump(mode="json"):
+    try:
+        saved = saved_ensemble_config(ws, cfg.name)
+    except EnsError as exc:  # a damaged ensemble.yaml: fitted again, as a damaged cache entry is computed again
+        log.warning("refitting ensemble %s: %s", cfg.name, exc)
+        saved = None
+    if saved == cfg.model_dump(mode="json"):
         try:
             ens = resolve_model(f"ensemble:{cfg.name}", ws)
             log.info("ensemble %s is up to date; reusing it", cfg.name)

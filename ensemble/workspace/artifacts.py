@@ -8,6 +8,8 @@ library defaults.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +170,7 @@ def write_ensemble(ws: Workspace, description: dict, reducer: PCAReducer | None)
         description["reducer"]["sha1"] = file_sha1(folder / REDUCER_FILE)
     else:
         (folder / REDUCER_FILE).unlink(missing_ok=True)
+    description[CHECKSUM_KEY] = description_sha1(description)
     atomic_write_text(folder / ENSEMBLE_FILE, yaml.safe_dump(description, sort_keys=False))
     return EnsembleFile(description["name"], folder, description, reducer)
 
@@ -176,6 +179,16 @@ def write_ensemble(ws: Workspace, description: dict, reducer: PCAReducer | None)
 ENSEMBLE_KEYS = {"config": (dict, "a mapping"), "members": (list, "a list"), "features": (str, "a string"),
                  "groups": (list, "a list"), "tta": (dict, "a mapping"), "out_dim": (int, "an integer"),
                  "reducer": ((dict, type(None)), "a mapping or null")}
+
+
+CHECKSUM_KEY = "description_sha1"
+
+
+def description_sha1(description: dict) -> str:
+    """SHA-1 of everything in ensemble.yaml but this checksum, as canonical JSON (YAML layout and key order
+    do not count): an edit after `ens fuse` (a power, a member's size) would change the embedding silently."""
+    body = {k: v for k, v in description.items() if k != CHECKSUM_KEY}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_description(path: Path) -> dict:
@@ -197,6 +210,14 @@ def read_description(path: Path) -> dict:
     for i, member in enumerate(description["members"]):
         if not (isinstance(member, dict) and all(isinstance(member.get(k), str) for k in ("name", "key"))):
             raise EnsError(f"{path}: key 'members.{i}': expected a member entry with name and key ({again})")
+    groups = description["groups"]
+    as_ints = all(isinstance(g, list) and all(type(i) is int for i in g) for g in groups)
+    if not as_ints or sorted(i for g in groups for i in g) != list(range(len(description["members"]))):
+        raise EnsError(f"{path}: key 'groups': expected each member index 0-{len(description['members']) - 1} in "
+                       f"exactly one group, got {description['groups']} ({again})")
+    stored = description.get(CHECKSUM_KEY)  # files written before the checksum have none
+    if stored is not None and stored != description_sha1(description):
+        raise EnsError(f"{path}: content does not match its {CHECKSUM_KEY}: edited or damaged since it was {again}")
     return description
 
 

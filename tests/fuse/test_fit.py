@@ -3,10 +3,11 @@ import pytest
 import yaml
 
 from ensemble.config.schema import EnsembleCfg
+from ensemble.data.manifest import read_manifest
 from ensemble.errors import EnsError
 from ensemble.fuse.combine import combine, combine_to_store
 from ensemble.fuse.fit import fuse
-from ensemble.workspace import resolve_model
+from ensemble.workspace import Workspace, resolve_model
 
 
 def load_ensemble(workdir, name):
@@ -145,6 +146,34 @@ def test_a_hand_edited_ensemble_yaml_is_one_line_error(trained_workspace, tmp_pa
     path.write_text("- a list\n")
     with pytest.raises(EnsError, match=r"ensemble.yaml: expected a mapping of keys"):
         load_ensemble(other, "k")
+
+
+def test_an_ensemble_yaml_edited_after_fuse_is_refused_and_the_pipeline_refits_it(trained_workspace, tmp_path):
+    import shutil
+
+    from ensemble.fuse.fit import fuse_or_reuse
+
+    other = tmp_path / "runs"
+    shutil.copytree(trained_workspace / "members", other / "members")
+    query, ws = read_manifest(trained_workspace.parent / "query.csv"), Workspace(other)
+    fitted = fuse(cfg(name="k", members=["vit_a", "tvit"], pca=4), other).embed(query, ws, workers=0)
+    path = other / "ensemble" / "k" / "ensemble.yaml"
+    written = path.read_text()
+    path.write_text(written.replace("power: 1.0", "power: 0.5"))  # a valid file that would embed differently
+    with pytest.raises(EnsError, match=r"^\S+ensemble.yaml: content does not match its description_sha1: edited or "
+                                       r"damaged since it was written by `ens fuse`; run it again$"):
+        load_ensemble(other, "k")
+    path.write_text(written.replace("- - 1\n", "- - 0\n"))
+    with pytest.raises(EnsError, match=r"key 'groups': expected each member index 0-1 in exactly one group, got "
+                                       r"\[\[0\], \[0\]\]"):
+        load_ensemble(other, "k")
+    path.write_text(written.replace("power: 1.0", "power: 0.5"))
+    again = fuse_or_reuse(cfg(name="k", members=["vit_a", "tvit"], pca=4), other)  # refitted, not refused
+    assert np.allclose(again.embed(query, ws, workers=0), fitted, atol=1e-5)
+    legacy = yaml.safe_load(written)
+    legacy.pop("description_sha1")  # files written before the checksum still load
+    path.write_text(yaml.safe_dump(legacy, sort_keys=False))
+    assert load_ensemble(other, "k").ensemble.power == 1.0
 
 
 def test_learned_projection_through_fuse(trained_workspace):

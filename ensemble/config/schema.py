@@ -15,7 +15,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 # a margin on the target class, radians (ArcFace) or cosine (CosFace): past pi/2 the target is pushed beyond
 # orthogonal to its own centre, a typo rather than a setting (GUIE solutions used 0.1-0.8)
-MarginRad = Annotated[float, Field(ge=0, le=1.5708)]
+MAX_MARGIN_RAD = 1.5708  # pi/2, rounded up
+MarginRad = Annotated[float, Field(ge=0, le=MAX_MARGIN_RAD)]
 MAX_IMAGE_PX = 1024  # beyond any GUIE recipe (<= 448); a typo like 10000 fails here, not in the allocator
 
 
@@ -94,8 +95,9 @@ class AdaptiveMarginCfg(Strict):
 
     @model_validator(mode="after")
     def _largest_within_bound(self):
-        if self.a + self.b > 1.5708:
-            raise ValueError(f"a + b = {self.a + self.b:g}: the rarest class's margin; expected at most pi/2 (1.5708)")
+        if self.a + self.b > MAX_MARGIN_RAD:
+            raise ValueError(f"a + b = {self.a + self.b:g}: the rarest class's margin; expected at most pi/2 "
+                             f"({MAX_MARGIN_RAD})")
         return self
 
 

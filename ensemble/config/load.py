@@ -35,11 +35,11 @@ def read_yaml(path: str | Path) -> dict:
 def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
     """Apply `a.b=value` overrides; values are parsed as YAML (numbers, lists, null)."""
     for item in overrides or []:
-        if "=" not in item:
-            raise EnsError(f"{source} {item!r}: expected key.sub=value")
-        key, value = item.split("=", 1)
-        node = raw
+        key, _, value = item.partition("=")
         parts = key.strip().split(".")
+        if "=" not in item or not all(part.strip() for part in parts):
+            raise EnsError(f"{source} {item!r}: expected key.sub=value")
+        node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):

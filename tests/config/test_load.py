@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from ensemble.config.load import apply_overrides, load_data_cfg, load_member_cfg
@@ -51,6 +53,9 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     assert cfg.optim.lr == 2e-3 and cfg.neck.dims == [32, 16] and cfg.backbone.image_size == 280
     with pytest.raises(EnsError, match="expected key.sub=value"):
         apply_overrides({}, ["optim.lr"])
+    for item in ("=1", "optim..lr=1", "optim.=1", " .lr=1"):  # an empty key name: not a key '<root>' or 'optim.'
+        with pytest.raises(EnsError, match=rf"^--set '{re.escape(item)}': expected key.sub=value$"):
+            apply_overrides({}, [item])
 
 
 def test_data_config_resolves_and_checks_manifests(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,13 +83,28 @@ def decoded_tensor(path: str) -> torch.Tensor:
     return to_uint8_tensor(decode_image(path))[None]
 
 
+def _is_training_checkpoint(path: str | Path) -> bool:
+    """A torch.save zip whose pickle names `ens_kind` (what save_checkpoint writes), read without unpickling."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            return bool(pickles) and b"ens_kind" in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_export_meta(path: str | Path) -> dict:
     """The description stored inside an exported file."""
     extra = {"ens.json": ""}
     try:
         jit_load(path, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
-        raise EnsError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0][:200]})") from None
+        if _is_training_checkpoint(path):
+            raise EnsError(f"{path}: an ens training checkpoint (best.pt / last.pt), not an exported file; pass the "
+                           "member's name or student:<name> as MODEL, or write an exported file with `ens export`"
+                           ) from None
+        reason = str(exc).splitlines()[0].split(". This is an internal")[0][:200]  # torch appends advice on zips
+        raise EnsError(f"{path}: not a TorchScript file ({reason})") from None
     if not extra["ens.json"]:
         raise EnsError(f"{path}: TorchScript file without ens metadata (not written by `ens export`)")
     meta = json.loads(extra["ens.json"])

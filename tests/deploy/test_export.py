@@ -134,8 +134,13 @@ def test_export_errors(distilled_workspace, tmp_path):
         export("student:stu", distilled_workspace, tmp_path / "x.bin")
     not_ts = tmp_path / "plain.pt"
     torch.save({"a": 1}, not_ts)
-    with pytest.raises(EnsError, match="not a TorchScript file"):
+    with pytest.raises(EnsError, match=r"not a TorchScript file \(PytorchStreamReader failed locating file "
+                                       r"constants.pkl: file not found\)$"):  # without torch's advice on zips
         resolve_model(str(not_ts), distilled_workspace)
+    checkpoint = distilled_workspace / "students" / "stu" / "best.pt"
+    with pytest.raises(EnsError, match=r"best.pt: an ens training checkpoint \(best.pt / last.pt\), not an exported "
+                                       r"file; pass the member's name or student:<name> as MODEL"):
+        resolve_model(str(checkpoint), distilled_workspace)
 
 
 def test_show_describes_students_and_exported_files(distilled_workspace, tmp_path):

@@ -20,7 +20,7 @@ from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
 from ..errors import EnsError, file_problem
 from ..evaluate.html import write_html
-from ..evaluate.report import score_text
+from ..evaluate.report import model_label, score_text, transductive_notes
 from ..evaluate.run import evaluate
 from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
@@ -152,7 +152,8 @@ def _evaluate_all(cfg: PipelineCfg, ws: Workspace, data: str, models: list, ense
         exported = spec if model.kind == "export" else None
         costed = resolved[f"student:{student.name}"] if exported else model  # an export costs as its student
         rows.append({"model": report["model"], "dim": report["dim"], **_scores(report),
-                     **cost(costed, cfg.measure_seconds, exported)})
+                     **cost(costed, cfg.measure_seconds, exported),
+                     **({"transductive": report["transductive"]} if "transductive" in report else {})})
         reports.append(report)
     return rows, reports
 
@@ -176,12 +177,12 @@ def format_table(summary: dict) -> str:
         per = " | ".join(score_text(v) for v in [r.get(c) for c in macro] + [r["per_domain"].get(d) for d in domains])
         flops = f"{r['gflops_per_image']:.2f}" if "gflops_per_image" in r else "-"
         ms = f"{r['ms_per_image']:.1f}" if "ms_per_image" in r else "-"
-        lines.append(f"| {r['model']} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} | {flops} | {ms} |")
+        lines.append(f"| {model_label(r)} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} | {flops} | {ms} |")
     device = next((r["device"] for r in rows if "device" in r), None)
     if device:
         lines.append(f"cost: FLOPs per image including flip TTA; ms/image measured on {device}, "
                      "uint8 640x480 batches of 8, resize included")
-    return "\n".join(lines)
+    return "\n".join(lines + transductive_notes(rows))
 
 
 def run(config: str, workdir: str) -> str:

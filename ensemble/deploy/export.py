@@ -25,6 +25,7 @@ from ..data.decode import DecodeError, decode_image
 from ..data.manifest import read_manifest
 from ..embed.extract import draft_px, extract_many
 from ..errors import EnsError
+from ..evaluate.provenance import fit_sets
 from ..hashing import file_sha1
 from ..progress import announce
 from ..workspace.layout import MODEL_FILE, Workspace
@@ -131,6 +132,7 @@ def export(spec: str | None, workdir: str | Path | Workspace, out: str | Path, s
                        "for half precision")
     model = resolve_model(spec, workdir, device=torch.device("cpu"))
     desc = describe(model, fmt, DTYPES[dtype])
+    desc["fit_sets"] = fit_sets(model, Workspace.at(workdir))  # so a scoring of the file can tell transductive
     if fmt == "onnx":
         refuse_oversized(model.graph(), model.name)
     started = time.perf_counter()
@@ -164,7 +166,8 @@ def export_or_reuse(student: str, workdir: str | Path | Workspace) -> Path:
     if out.is_file() and meta.is_file():
         try:
             described = json.loads(meta.read_text())
-            same = bool(described.get("sha1")) and described["members"][0]["checkpoint_sha1"] == current
+            same = (bool(described.get("sha1")) and described["members"][0]["checkpoint_sha1"] == current
+                    and "fit_sets" in described)  # files exported before fit sets were recorded: again
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             same = False  # a damaged description: export again
         if same:

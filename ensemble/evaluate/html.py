@@ -12,7 +12,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..data.manifest import Manifest
-from .report import score_text, thumbnail
+from .report import model_label, score_text, thumbnail
 
 EXAMPLES = 12
 CHOICE = ("the {n} queries with the lowest P@{k}, ties in manifest order, among the queries that have a "
@@ -60,7 +60,7 @@ def summary_table(rows: list[dict], k: int) -> str:
     head = ["model", "dim", f"mP@{k}", "recall@1", *macro, *domains, "GFLOP/image", "ms/image"]
     lines = ["<table class='summary'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
-        cells = [r["model"], r.get("dim", ""), score_text(r[f"mP@{k}"]), score_text(r["recall@1"]),
+        cells = [model_label(r), r.get("dim", ""), score_text(r[f"mP@{k}"]), score_text(r["recall@1"]),
                  *[score_text(r.get(f"macro_mP@{k}")) for _ in macro],
                  *[score_text(r.get("per_domain", {}).get(d)) for d in domains],
                  score_text(r.get("gflops_per_image"), 2), score_text(r.get("ms_per_image"), 1)]

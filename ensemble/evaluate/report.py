@@ -30,11 +30,23 @@ def markdown_table(reports: list[dict], k: int = 5) -> str:
              "|---|---|" + "---|" * (len(columns) + len(domains))]
     for r in reports:
         cells = [score_text(r.get(c)) for c in columns] + [score_text(r.get("per_domain", {}).get(d)) for d in domains]
-        lines.append(f"| {r['model']} | {r.get('dim', '')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_label(r)} | {r.get('dim', '')} | " + " | ".join(cells) + " |")
     excluded = sum(r.get("excluded_queries", 0) for r in reports)
     if excluded:
         lines.append(f"\n{excluded} queries had no relevant index image and were excluded (GUIE rule).")
+    lines += transductive_notes(reports)
     return "\n".join(lines) + "\n"
+
+
+def model_label(row: dict) -> str:
+    """The model's name, marked when it was fitted partly on the images it is scored on."""
+    return f"{row['model']} (transductive)" if row.get("transductive") else row["model"]
+
+
+def transductive_notes(rows: list[dict]) -> list[str]:
+    """One line per transductive row: how many evaluated images fitted it, and through which sets."""
+    return [f"transductive: {r['model']} was fitted on {r['transductive']['eval_images']} of the query/index "
+            f"images ({', '.join(r['transductive']['via'])})" for r in rows if r.get("transductive")]
 
 
 def write_markdown(path: Path, reports: list[dict], k: int = 5) -> None:

@@ -12,6 +12,7 @@ from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
 from .html import examples, write_html
 from .metrics import evaluate_with_neighbors
+from .provenance import eval_overlap, fit_sets
 from .report import write_markdown, write_png
 
 APPROX_ABOVE = 2_000_000  # index rows above which eval searches an IVF index (exact 2M x 5k: ~27 s here)
@@ -52,6 +53,8 @@ def evaluate(spec: str | ResolvedModel | None, workdir: str | Path | Workspace, 
                                                approx_above=approx_above)
     report.update(model=model.name, kind=model.kind, dim=int(q.shape[1]), query=str(q_manifest.source),
                   index=str(i_manifest.source), k=k, tta=model.tta.describe())
+    if overlap := eval_overlap(fit_sets(model, ws), q_manifest, i_manifest):
+        report["transductive"] = overlap  # fitted partly on the images it is scored on: the table says so
     neighbors = searched[:, :k]  # the neighbours just scored: the report's pictures show what was scored
     report["examples"] = examples(q_manifest, i_manifest, q, x, neighbors, k)
     out = Path(out) if out else ws.reports_dir / f"{model.name.replace(':', '_')}.json"

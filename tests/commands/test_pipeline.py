@@ -47,7 +47,12 @@ def test_pipeline_runs_every_step_and_a_rerun_reuses_them(tmp_path, coil_data):
     ens_row = summary["rows"][3]
     assert ens_row["gflops_per_image"] == pytest.approx(summary["rows"][1]["gflops_per_image"]
                                                         + summary["rows"][2]["gflops_per_image"], rel=0.01)
-    assert "| ensemble:ens |" in result.output and "GFLOP/image" in result.output
+    assert "GFLOP/image" in result.output
+    # the ensemble's PCA is fitted on the index (fit_on's default), so it and its student are transductive
+    assert [bool(r.get("transductive")) for r in summary["rows"]] == [False, False, False, True, True, True]
+    assert "| ensemble:ens (transductive) |" in result.output and "| pa |" in result.output
+    assert "transductive: export:ps.pt was fitted on 20 of the query/index images (ensemble:ens reducer fit (20))" \
+        in result.output
     page = (runs / "reports" / "pipeline_pipe.html").read_text()
     assert all(f"<h2>{m}</h2>" in page for m in models[1:]) and page.count("<tr>") == len(models) + 1
     steps = ["[1/6] member pa", "[2/6] member pb", "[3/6] ensemble ens", "[4/6] student ps", "[5/6] export ps",

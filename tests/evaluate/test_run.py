@@ -39,7 +39,9 @@ def test_eval_member_writes_json_markdown_and_png(trained_workspace, tmp_path):
 def test_fuse_then_eval_and_embed_the_ensemble(trained_workspace, tmp_path):
     run("fuse", "--pca", 4, "--members", "vit_a,tvit", "--name", "cli", "--workdir", trained_workspace)
     text = run("eval", "ensemble:cli", "--workdir", trained_workspace, "--out", tmp_path / "e.json", "--workers", 0)
-    assert "| ensemble:cli | 4 |" in text
+    assert "| ensemble:cli (transductive) | 4 |" in text  # PCA fitted on the index (fit_on's default)
+    assert "transductive: ensemble:cli was fitted on 20 of the query/index images (ensemble:cli reducer fit (20))" \
+        in text
     manifest = trained_workspace.parent / "query.csv"
     run("embed", "ensemble:cli", "--manifest", manifest, "--out", tmp_path / "q.npy", "--workdir", trained_workspace,
         "--workers", 0)
@@ -60,7 +62,8 @@ def test_eval_errors_are_one_line(trained_workspace):
     result = CliRunner().invoke(main, [*both, "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and result.output == "error: --data d.yaml and --query/--index: give one (a data " \
         "config, or the two manifests)\n"
-    result = CliRunner().invoke(main, ["fuse", "--pca", "999", "--members", "vit_a", "--workdir", str(trained_workspace)])
+    fuse = ["fuse", "--pca", "999", "--members", "vit_a"]
+    result = CliRunner().invoke(main, [*fuse, "--workdir", str(trained_workspace)])
     assert result.exit_code == 2 and "pca: 999 dims requested" in result.output
 
 

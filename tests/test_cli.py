@@ -41,8 +41,15 @@ def test_train_member_command_trains_and_prints_table(tmp_path, coil_data):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "| untrained backbone |" in result.output and "| trained, neck |" in result.output
+    assert "transductive" not in result.output  # coil20's train classes are not in query or index
     shown = CliRunner().invoke(main, ["show", "tiny", "--workdir", str(tmp_path / "runs")])
     assert '"embedding_dim": 8' in shown.output and '"image_size": 32' in shown.output
+    folder = coil_data.parent
+    leaky = tmp_path / "leaky.yaml"  # trains on the index images it is then scored against
+    leaky.write_text(f"train: {folder}/index.csv\nquery: {folder}/query.csv\nindex: {folder}/index.csv\n")
+    result = CliRunner().invoke(main, [*args, "--set", f"data={leaky}", "--set", "name=leaky"])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("transductive: trained on 20 of the query/index images")
 
 
 @pytest.mark.parametrize("recipe", ["distill/h14_student.yaml", "distill/cpu/mnv1_grocery.yaml",

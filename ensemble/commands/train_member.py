@@ -37,4 +37,6 @@ def format_result(result: dict) -> str:
         per = " | ".join(score_text(v) for v in values)
         lines.append(f"| {name} | {r['mP@5']:.3f} | {r['recall@1']:.3f} | {per} |")
     lines.append(f"unreadable training images skipped: {result.get('train_images_unreadable', 0)}")
+    if overlap := result.get("transductive"):  # not open-set: the scores above are on images it trained on
+        lines.append(f"transductive: trained on {overlap['eval_images']} of the query/index images")
     return "\n".join(lines)

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ..config.load import load_data_cfg
 from ..config.schema import MemberCfg
+from ..data.manifest import read_eval_pair
 from ..data.sampler import ClassBalancedSampler, class_domains
 from ..distributed import world
 from ..errors import EnsError
 from ..evaluate.model import eval_key, evaluate_model, untrained_key
+from ..evaluate.provenance import eval_overlap
 from ..losses.margin import build_head
 from ..models.member import build_member_model, pool_as_embedded
 from ..tasks.classify import ClassifyTask
@@ -78,9 +81,17 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
                   "eval_extra_sizes": list(cfg.eval.extra_sizes),
                   "flip_tta": cfg.eval.flip_tta, "trained": evaluate_model(file.model, cfg)}
         result["untrained_backbone"] = evaluate_untrained(cfg, run_dir)
+        if overlap := training_overlap(cfg):
+            result["transductive"] = overlap
         return result
 
     return cached_result(run_dir / "eval.json", eval_key(cfg, run_dir / MODEL_FILE), compute)
+
+
+def training_overlap(cfg: MemberCfg) -> dict | None:
+    """How many of the query/index images the member was trained on (None: none, open-set as GUIE scores)."""
+    data = load_data_cfg(cfg.data)
+    return eval_overlap({f"{cfg.name} training": str(data.train)}, *read_eval_pair(data.query, data.index))
 
 
 def evaluate_untrained(cfg: MemberCfg, run_dir: Path) -> dict:

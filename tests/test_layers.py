@@ -19,7 +19,8 @@ LAYERS = [
     {"embed", "fuse.graph", "fuse.combine", "fuse.reducer", "fuse.learned", "evaluate.metrics", "evaluate.report",
      "evaluate.model", "evaluate.html", "deploy.torchscript", "deploy.onnx", "deploy.exported", "gallery.store"},
     {"workspace"},
-    {"train", "fuse.fit", "fuse.config", "evaluate.run", "deploy.export", "budget", "gallery.build"},
+    {"train", "fuse.fit", "fuse.config", "evaluate.run", "evaluate.provenance", "deploy.export", "budget",
+     "gallery.build"},
     {"commands"},
     {"cli"},
 ]

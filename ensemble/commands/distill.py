@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config.load import load_student_cfg
 from ..evaluate.report import score_text, sizes_text
 from ..train.plan import format_plan, plan
+from ..train.recipe import load_recipe
 from ..train.student import distill
 
 
 def run(cfg_path: str, overrides: list[str], dry_run: bool, workdir: str, launch: Callable[[], None]) -> str:
     """Validate the recipe; print the plan (dry run) or launch, distil and report."""
-    cfg = load_student_cfg(cfg_path, overrides)
+    cfg = load_recipe(cfg_path, overrides, student=True)
     if dry_run:
         return format_plan(plan(cfg), kind="student")
     launch()

@@ -14,7 +14,7 @@ import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..budget import measure_img_per_s, model_branches, time_module
-from ..config.load import load_member_cfg, load_student_cfg, read_yaml, validate
+from ..config.load import read_yaml, validate
 from ..config.schema import MemberCfg, PipelineCfg
 from ..deploy.export import export_or_reuse
 from ..deploy.exported import load_runner
@@ -26,6 +26,7 @@ from ..fuse.config import ensemble_cfg
 from ..fuse.fit import fuse_or_reuse
 from ..progress import announce, step
 from ..train.member import evaluate_untrained, train_member
+from ..train.recipe import load_recipe
 from ..train.student import distill
 from ..workspace.layout import Workspace
 from ..workspace.resolve import ResolvedModel, resolve_model
@@ -82,13 +83,13 @@ def cost(model: ResolvedModel, seconds: float, exported: str | None = None) -> d
 def run_pipeline(cfg: PipelineCfg, workdir: str | Path) -> dict:
     """Run every step (reusing finished work) and return the table's rows."""
     ws = Workspace.at(workdir)
-    members = [load_member_cfg(path) for path in cfg.members]
+    members = [load_recipe(path) for path in cfg.members]
     _each_member_once(cfg, members)
     ens_cfg = ensemble_cfg(ws, str(cfg.ensemble))
     missing = sorted(set(ens_cfg.members) - {m.name for m in members})
     if missing:
         raise EnsError(f"{cfg.ensemble}: members {missing} are not trained by this pipeline's `members`")
-    student = load_student_cfg(cfg.student) if cfg.student is not None else None
+    student = load_recipe(cfg.student, student=True) if cfg.student is not None else None
     steps = Steps(len(members) + 2 + (student is not None) * (1 + cfg.export))
     baseline = members[0] if members[0].eval.enabled else None  # its untrained backbone: the first row
     for member in members:

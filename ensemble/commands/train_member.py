@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config.load import load_member_cfg
 from ..evaluate.report import score_text, sizes_text
 from ..train.member import train_member
 from ..train.plan import format_plan, plan
+from ..train.recipe import load_recipe
 
 
 def run(cfg_path: str, overrides: list[str], dry_run: bool, workdir: str, launch: Callable[[], None]) -> str:
     """Validate the recipe; print the plan (dry run) or launch, train and report."""
-    cfg = load_member_cfg(cfg_path, overrides)
+    cfg = load_recipe(cfg_path, overrides)
     if dry_run:
         return format_plan(plan(cfg))
     launch()

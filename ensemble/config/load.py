@@ -159,12 +159,6 @@ def load_member_cfg(path: str | Path, overrides: list[str] | None = None, schema
     path = Path(path)
     raw = apply_overrides(read_recipe(path), overrides or [])
     cfg = validate(schema, raw, path)
-    from ..data.augment import check_augment  # albumentations, imported only where a recipe is loaded
-
-    try:
-        check_augment(cfg.augment)
-    except EnsError as exc:
-        raise EnsError(f"{path}: {exc}") from None
     base = path.resolve().parent
     data = cfg.data if cfg.data.is_absolute() else (base / cfg.data)
     if not data.is_file():

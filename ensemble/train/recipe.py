@@ -1,12 +1,28 @@
-"""What defines a run's weights: the recipe key that model files and checkpoints carry, and that
-reusing, resuming and deriving a run compare."""
+"""Training recipes: loaded with every check that needs the data layer, and what defines a run's weights
+(the recipe key that model files and checkpoints carry, and that reusing, resuming and deriving a run compare)."""
 
 from __future__ import annotations
 
-from ..config.schema import MemberCfg
+from pathlib import Path
+
+from ..config.load import load_member_cfg
+from ..config.schema import MemberCfg, StudentCfg
+from ..data.augment import check_augment
+from ..errors import EnsError
 
 NOT_DEFINING = {"loader": True, "eval": True, "device": True, "name": True, "data": True, "teacher": True,
                 "backbone": {"channels_last"}}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, student: bool = False) -> MemberCfg:
+    """A member (or student) recipe as training reads it: validated, and its augmentations built once, so a
+    bad op setting fails here in one line naming the file, not at the first batch after the weights load."""
+    cfg = load_member_cfg(path, overrides, StudentCfg if student else MemberCfg)
+    try:
+        check_augment(cfg.augment)
+    except EnsError as exc:
+        raise EnsError(f"{path}: {exc}") from None
+    return cfg
 
 
 def recipe_key(cfg: MemberCfg, **inputs: str) -> dict:

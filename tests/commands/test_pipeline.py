@@ -100,3 +100,11 @@ def test_a_pipeline_trains_each_member_once_and_refuses_two_of_one_name(tmp_path
                                        r"workspace folder\); give each recipe its own `name`$"):
         run_pipeline(load_pipeline_cfg(clash), tmp_path / "runs")
     assert not (tmp_path / "runs" / "members").exists()  # refused before anything trained
+
+
+def test_a_bad_augmentation_in_a_later_recipe_stops_the_pipeline_before_the_first_trains(tmp_path, coil_data):
+    pipe = write_pipeline(tmp_path, coil_data)
+    (tmp_path / "pb.yaml").write_text((tmp_path / "pb.yaml").read_text() + "augment: {ops: {hflip: {p: 2}}}\n")
+    with pytest.raises(EnsError, match=r"pb.yaml: augment.ops.hflip \{'p': 2\}: albumentations refused p"):
+        run_pipeline(load_pipeline_cfg(pipe), tmp_path / "runs")
+    assert not (tmp_path / "runs" / "members").exists()

@@ -42,19 +42,3 @@ def test_unknown_op_and_bad_argument():
     with pytest.raises(EnsError, match=r"augment.ops.hflip: .*unexpected keyword"):
         build_train_transform(AugmentCfg(ops={"hflip": {"prob": 1}}), 16, (0, 0, 0), (1, 1, 1))
 
-
-@pytest.mark.parametrize("augment, expected", [
-    ("{ops: {hflip: {p: 2}}}", r"augment.ops.hflip \{'p': 2\}: albumentations refused p: Input should be less than "
-                               r"or equal to 1$"),
-    ("{resize: random_resized_crop, crop_scale: [1.2, 0.5]}",
-     r"augment.crop_scale \[1.2, 0.5\]: albumentations refused scale: .*must be >= 0 and <= 1$"),
-    ("{ops: {nope: {p: 1}}}", r"augment.ops.nope: unknown augmentation"),
-])
-def test_a_recipes_augmentations_are_checked_when_it_loads_in_one_line(tmp_path, augment, expected):
-    from ensemble.config.load import load_member_cfg
-
-    (tmp_path / "data.yaml").write_text("{}\n")
-    (tmp_path / "m.yaml").write_text(f"data: data.yaml\naugment: {augment}\n")
-    with pytest.raises(EnsError, match=rf"^{tmp_path / 'm.yaml'}: {expected}") as info:
-        load_member_cfg(tmp_path / "m.yaml")  # before any weights load or any image is read
-    assert "\n" not in str(info.value)

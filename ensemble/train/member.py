@@ -91,6 +91,8 @@ def evaluate_member(cfg: MemberCfg, run_dir: Path) -> dict:
 def training_overlap(cfg: MemberCfg) -> dict | None:
     """How many of the query/index images the member was trained on (None: none, open-set as GUIE scores)."""
     data = load_data_cfg(cfg.data)
+    if data.train is None:
+        return None
     return eval_overlap({f"{cfg.name} training": str(data.train)}, *read_eval_pair(data.query, data.index))
 
 

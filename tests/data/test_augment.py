@@ -41,4 +41,3 @@ def test_unknown_op_and_bad_argument():
         build_train_transform(AugmentCfg(ops={"blurr": {}}), 16, (0, 0, 0), (1, 1, 1))
     with pytest.raises(EnsError, match=r"augment.ops.hflip: .*unexpected keyword"):
         build_train_transform(AugmentCfg(ops={"hflip": {"prob": 1}}), 16, (0, 0, 0), (1, 1, 1))
-

@@ -83,5 +83,5 @@ def test_build_refuses_to_write_over_a_source_csv(tmp_path):
     source = next(s for s in cfg["sources"] if s.get("csv"))
     before = Path(source["csv"]).read_bytes()
     with pytest.raises(EnsError, match=rf"^out: \S+ is source {source['name']}'s csv; writing there would replace"):
-        build(BuildCfg.model_validate({**cfg, "out": str(tmp_path / "." / Path(source["csv"]).relative_to(tmp_path))}))
+        build(BuildCfg.model_validate({**cfg, "out": f"{tmp_path}/./{Path(source['csv']).relative_to(tmp_path)}"}))
     assert Path(source["csv"]).read_bytes() == before

@@ -70,10 +70,10 @@ def describe_os_error(exc: OSError, workdir: str | None = None) -> str:
     where = exc.filename or "a file"
     in_workspace = workdir is not None and _inside(where, workdir)
     fix = "give a writable --workdir" if in_workspace else "write it to another folder"
+    room = "give another --workdir" if in_workspace else fix
     hints = {errno.EROFS: ("the workspace is on a read-only file system; " if in_workspace else "") + fix,
              errno.EACCES: f"permission denied; {fix} or fix the folder's permissions",
-             errno.ENOSPC: "no space left on the device; free some or "
-                           + ("give another --workdir" if in_workspace else "write it to another folder")}
+             errno.ENOSPC: f"no space left on the device; free some or {room}"}
     return f"{where}: {exc.strerror or exc}" + (f" ({hints[exc.errno]})" if exc.errno in hints else "")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..config.load import read_yaml, validate
-from ..config.schema import BuildCfg, SamplerCfg, SourceCfg
+from ..config.schema import BuildCfg, SamplerCfg, SourceCfg, repeated
 from ..errors import EnsError, file_problem
 from .manifest import read_manifest
 
@@ -87,7 +87,7 @@ def balance(rows: list[Row], cfg: SamplerCfg, seed: int) -> tuple[list[Row], dic
 def build(cfg: BuildCfg) -> dict:
     """Read every source, prefix labels, balance, write `cfg.out` and `<out>.summary.json`."""
     names = [s.name for s in cfg.sources]
-    if len(set(names)) != len(names):
+    if repeated(names):
         raise EnsError(f"sources: names must be unique, got {names}")
     for src in cfg.sources:
         if src.csv is not None and Path(src.csv).resolve() == Path(cfg.out).resolve():

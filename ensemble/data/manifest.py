@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..atomic import atomic_write_text
@@ -26,7 +27,7 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
+    @cached_property  # once per manifest: every embedder's cache key and each scoring's report use it
     def located_sha1(self) -> str:
         """Content and where its images are: byte-identical CSVs in two folders name different images, so
         what is cached per manifest is keyed by this, not by `sha1` (which names a training set wherever it lies)."""
